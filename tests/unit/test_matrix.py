@@ -1,0 +1,117 @@
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from dsv4_images import matrix
+from dsv4_images.errors import UserError
+
+M = matrix.load()
+
+
+@pytest.mark.parametrize("arch,target", [
+    ("sm_100a", "sm100"), ("sm_103a", "sm100"), ("sm100", "sm100"), ("SM_103A", "sm100"),
+    ("sm_120", "sm120"), ("sm_120a", "sm120"), ("sm120", "sm120"), ("cpu", "cpu")])
+def test_arch_aliases_resolve(arch, target):
+    assert M.resolve(arch).name == target
+
+
+def test_unknown_arch_lists_the_valid_ones_and_exits_2():
+    with pytest.raises(UserError) as exc:
+        M.resolve("sm_90a")
+    assert exc.value.exit_code == 2
+    message = str(exc.value)
+    assert "\n" not in message
+    for name in ("sm100", "sm_103a", "sm120", "sm_120", "cpu"):
+        assert name in message
+
+
+def test_every_base_is_pinned_by_digest():
+    for t in M.targets.values():
+        for ref in (t["base"]["build"], t["base"]["runtime"]):
+            assert re.search(r"@sha256:[0-9a-f]{64}$", ref), (t.name, ref)
+
+
+def test_sm100_compiles_the_10x_family_and_sm120_the_12x_family():
+    sm100, sm120 = M.resolve("sm100"), M.resolve("sm120")
+    assert sm100["toolchain"]["cuda"].startswith("13.")  # family targets need CUDA >= 12.9/13
+    assert sm100["toolchain"]["torch_cuda_arch_list"] == "10.0"
+    assert set(sm100["toolchain"]["flashinfer_cuda_arch_list"].split()) == {"10.0a", "10.3a"}
+    assert sm100["compute_capabilities"] == ["10.0", "10.3"]
+    assert sm120["toolchain"]["torch_cuda_arch_list"] == "12.0"
+    assert sm120["toolchain"]["flashinfer_cuda_arch_list"] == "12.0f"
+
+
+def test_vllm_pins_and_serve_defaults_follow_the_card():
+    sm100, sm120 = M.resolve("sm100"), M.resolve("sm120")
+    for t in (sm100, sm120):
+        assert t["vllm"]["version"] == "0.33.0"
+        assert t["vllm"]["sdist_sha256"] == "f4c33c2503d52bb411146afa9618a4f48bed68912f617e6803ac8d76e4c74112"
+        assert t["toolchain"]["flashinfer"] == "0.7.2.post1"
+        assert t["serve"]["model"] == "canada-quant/DeepSeek-V4-Flash-NVFP4-FP8-MTP"
+        assert t["serve"]["kv_cache_dtype"] == "fp8"
+        assert t["serve"]["tokenizer_mode"] == t["serve"]["reasoning_parser"] == t["serve"]["tool_call_parser"] == "deepseek_v4"
+    assert (sm100["serve"]["tensor_parallel_size"], sm100["serve"]["num_speculative_tokens"]) == (4, 2)
+    assert (sm120["serve"]["tensor_parallel_size"], sm120["serve"]["num_speculative_tokens"]) == (2, 1)
+    assert sm120["serve"]["disable_custom_all_reduce"] and not sm100["serve"].get("disable_custom_all_reduce")
+    assert (sm120["serve"]["max_num_seqs"], sm120["serve"]["max_num_batched_tokens"]) == (8, 2048)
+
+
+def test_sm120_inherits_what_it_does_not_override():
+    sm100, sm120 = M.resolve("sm100"), M.resolve("sm120")
+    assert sm120["base"] == sm100["base"]
+    assert sm120.patches == sm100.patches
+    assert sm120["serve"]["model"] == sm100["serve"]["model"]
+
+
+def test_matrix_json_lists_every_target_once():
+    data = json.loads(M.as_json())
+    assert [e["target"] for e in data["include"]] == list(M.targets)
+    assert {e["dockerfile"] for e in data["include"]} == {f"Dockerfile.{t}" for t in M.targets}
+
+
+def _broken(tmp_path: Path, old: str, new: str, count: int = 1) -> Path:
+    text = matrix.MATRIX_PATH.read_text()
+    assert old in text
+    path = tmp_path / "matrix.toml"
+    path.write_text(text.replace(old, new, count))
+    (tmp_path / "patches").symlink_to(matrix.MATRIX_PATH.parent / "patches")
+    return path
+
+
+@pytest.mark.parametrize("old,new,key", [
+    ("tensor_parallel_size = 4", 'tensor_parallel_size = "four"', "targets.sm100.serve.tensor_parallel_size"),
+    ("num_speculative_tokens = 2", "num_speculative_tokens = -1", "targets.sm100.serve.num_speculative_tokens"),
+    ('build = "nvidia/cuda:13.0.3-devel-ubuntu24.04@sha256:', 'build = "nvidia/cuda:13.0.3-devel-ubuntu24.04#sha256:',
+     "targets.sm100.base.build"),
+    ('kind = "cuda"', 'kind = "rocm"', "targets.sm100.kind"),
+    ('max_jobs = 16', 'max_jobz = 16', "targets.sm100.vllm.max_jobz"),
+    ('extends = "sm100"', 'extends = "sm999"', "targets.sm120.extends"),
+])
+def test_a_bad_entry_is_a_clear_error_naming_the_key(tmp_path, old, new, key):
+    with pytest.raises(UserError) as exc:
+        matrix.load(_broken(tmp_path, old, new))
+    assert key in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_a_missing_patch_file_is_named(tmp_path):
+    path = _broken(tmp_path, "0001-cpu-expand-kernel-keeps-float-outputs.patch", "0001-nope.patch")
+    with pytest.raises(UserError, match=r"targets.cpu.patches\[0\].file: no such file .*0001-nope.patch"):
+        matrix.load(path)
+
+
+def test_invalid_toml_is_one_line(tmp_path):
+    path = tmp_path / "matrix.toml"
+    path.write_text("schema = 1\n[project\n")
+    with pytest.raises(UserError, match="not valid TOML"):
+        matrix.load(path)
+
+
+def test_owner_is_validated(monkeypatch):
+    assert M.image_name("acme") == "ghcr.io/acme/dsv4-flash"
+    monkeypatch.setenv("DSV4_OWNER", "team-x")
+    assert M.image_name() == "ghcr.io/team-x/dsv4-flash"
+    with pytest.raises(UserError, match="invalid owner"):
+        M.image_name("Bad Owner")
