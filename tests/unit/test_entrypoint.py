@@ -1,0 +1,198 @@
+"""The baked serve entrypoint: default commands, overrides, passthrough, preflight, bad input."""
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+
+from dsv4_images import entrypoint as ep
+from dsv4_images import matrix, render, tinymodel
+
+M = matrix.load()
+
+
+def defaults(target: str) -> dict:
+    return json.loads(json.dumps(render.serve_defaults(M.resolve(target))))
+
+
+def command(target: str, env: dict | None = None, argv: list[str] | None = None) -> list[str]:
+    return ep.build_command(ep.effective_settings(defaults(target), env or {}), argv or [])
+
+
+def flag(cmd: list[str], name: str) -> str | None:
+    return cmd[cmd.index(name) + 1] if name in cmd else None
+
+
+def test_sm100_default_command():
+    cmd = command("sm100")
+    assert cmd[:3] == ["vllm", "serve", "canada-quant/DeepSeek-V4-Flash-NVFP4-FP8-MTP"]
+    assert flag(cmd, "--tensor-parallel-size") == "4"
+    assert json.loads(flag(cmd, "--speculative-config")) == {"method": "mtp", "num_speculative_tokens": 2}
+    assert flag(cmd, "--kv-cache-dtype") == "fp8" and flag(cmd, "--block-size") == "256"
+    for name in ("--tokenizer-mode", "--reasoning-parser", "--tool-call-parser"):
+        assert flag(cmd, name) == "deepseek_v4"
+    assert "--enable-auto-tool-choice" in cmd and "--trust-remote-code" in cmd
+    assert "--disable-custom-all-reduce" not in cmd and "--cudagraph-capture-sizes" not in cmd
+    assert flag(cmd, "--port") == "8000" and flag(cmd, "--host") == "0.0.0.0"
+
+
+def test_sm120_default_command():
+    cmd = command("sm120")
+    assert flag(cmd, "--tensor-parallel-size") == "2"
+    assert json.loads(flag(cmd, "--speculative-config"))["num_speculative_tokens"] == 1
+    assert "--disable-custom-all-reduce" in cmd
+    assert flag(cmd, "--max-num-seqs") == "8" and flag(cmd, "--max-num-batched-tokens") == "2048"
+    sizes = [int(x) for x in cmd[cmd.index("--cudagraph-capture-sizes") + 1:cmd.index("--cudagraph-capture-sizes") + 5]]
+    assert sizes == [2, 4, 8, 16] and all(s % 2 == 0 for s in sizes)
+    assert flag(cmd, "--attention-config.indexer_kv_dtype") == "fp8" and flag(cmd, "--moe-backend") == "auto"
+
+
+def test_cpu_default_command_serves_the_baked_tiny_model():
+    cmd = command("cpu")
+    assert cmd[2] == "/opt/dsv4-flash/models/tiny-mtp"
+    assert flag(cmd, "--served-model-name") == "tiny-mtp" and "--enforce-eager" in cmd
+    assert "--tokenizer-mode" not in cmd
+
+
+@pytest.mark.parametrize("env,name,value", [
+    ({"MODEL": "/models/x"}, None, "/models/x"),
+    ({"TENSOR_PARALLEL_SIZE": "8"}, "--tensor-parallel-size", "8"),
+    ({"MAX_MODEL_LEN": "4096"}, "--max-model-len", "4096"),
+    ({"PORT": "9000"}, "--port", "9000"),
+    ({"HOST": "127.0.0.1"}, "--host", "127.0.0.1"),
+    ({"MAX_NUM_SEQS": "16"}, "--max-num-seqs", "16"),
+    ({"MAX_NUM_BATCHED_TOKENS": "8192"}, "--max-num-batched-tokens", "8192"),
+    ({"SERVED_MODEL_NAME": "dsv4"}, "--served-model-name", "dsv4"),
+    ({"KV_CACHE_DTYPE": "auto"}, "--kv-cache-dtype", "auto"),
+])
+def test_every_override(env, name, value):
+    cmd = command("sm100", env)
+    assert (cmd[2] if name is None else flag(cmd, name)) == value
+
+
+def test_num_speculative_tokens_zero_turns_mtp_off_and_capture_sizes_follow_k():
+    assert "--speculative-config" not in command("sm100", {"NUM_SPECULATIVE_TOKENS": "0"})
+    cmd = command("sm120", {"NUM_SPECULATIVE_TOKENS": "2"})
+    assert json.loads(flag(cmd, "--speculative-config"))["num_speculative_tokens"] == 2
+    i = cmd.index("--cudagraph-capture-sizes")
+    assert cmd[i + 1:i + 5] == ["3", "6", "12", "24"]
+    i = command("sm120", {"NUM_SPECULATIVE_TOKENS": "0"}).index("--cudagraph-capture-sizes")
+    assert command("sm120", {"NUM_SPECULATIVE_TOKENS": "0"})[i + 1:i + 5] == ["1", "2", "4", "8"]
+
+
+def test_passthrough_and_extra_args_come_last_so_they_win():
+    cmd = command("sm100", {"VLLM_EXTRA_ARGS": "--gpu-memory-utilization 0.85 --seed '7'"},
+                  ["--max-model-len", "8192", "--enforce-eager"])
+    assert cmd[-7:-3] == ["--gpu-memory-utilization", "0.85", "--seed", "7"]
+    assert cmd[-3:] == ["--max-model-len", "8192", "--enforce-eager"]
+    assert cmd.index("--gpu-memory-utilization") < cmd.index("--enforce-eager")
+    assert cmd.index("--max-model-len") < len(cmd) - 3  # the default is still there, the later one wins
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"TENSOR_PARALLEL_SIZE": "abc"}, "TENSOR_PARALLEL_SIZE='abc' is not an integer >= 1"),
+    ({"TENSOR_PARALLEL_SIZE": "0"}, "TENSOR_PARALLEL_SIZE='0' is not an integer >= 1"),
+    ({"NUM_SPECULATIVE_TOKENS": "-1"}, "NUM_SPECULATIVE_TOKENS='-1' is not an integer >= 0"),
+    ({"NUM_SPECULATIVE_TOKENS": "2.5"}, "NUM_SPECULATIVE_TOKENS='2.5' is not an integer >= 0"),
+    ({"PORT": "70000"}, "PORT='70000' is not an integer between 1 and 65535"),
+    ({"MAX_MODEL_LEN": ""}, "MAX_MODEL_LEN='' is not an integer >= 1"),
+    ({"MODEL": "  "}, "MODEL is set but empty"),
+    ({"VLLM_EXTRA_ARGS": "--seed 'unclosed"}, "VLLM_EXTRA_ARGS cannot be parsed"),
+])
+def test_a_malformed_override_is_one_clear_line_and_exit_2(tmp_path, capsys, env, message):
+    path = tmp_path / "serve.json"
+    path.write_text(json.dumps(defaults("sm120")))
+    assert ep.main(["--print-command"], env, path) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"[dsv4-flash] error: {message}") and "\n" not in err
+
+
+def test_print_command_prints_the_exact_command(tmp_path, capsys):
+    path = tmp_path / "serve.json"
+    path.write_text(json.dumps(defaults("sm100")))
+    assert ep.main(["--print-command", "--seed", "1"], {}, path) == 0
+    out = capsys.readouterr().out.strip()
+    assert shlex.split(out) == command("sm100", {}, ["--seed", "1"])
+
+
+def test_missing_defaults_file_is_a_clear_error(tmp_path, capsys):
+    assert ep.main(["--print-command"], {}, tmp_path / "nope.json") == 2
+    assert "cannot read the image's serve defaults" in capsys.readouterr().err
+
+
+# ---- preflight: MTP tensors -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    tinymodel.write_model(root / "with-mtp", seed=1)
+    tinymodel.write_model(root / "stripped", seed=1, with_mtp=False)
+    return root
+
+
+def test_preflight_accepts_a_checkpoint_with_mtp_tensors(tiny_checkpoints):
+    assert ep.check_mtp_tensors(str(tiny_checkpoints / "with-mtp"), {}).endswith("MTP tensors found")
+
+
+def test_preflight_refuses_a_checkpoint_whose_mtp_block_was_stripped(tiny_checkpoints, tmp_path, capsys):
+    with pytest.raises(ep.EntrypointError) as exc:
+        ep.check_mtp_tensors(str(tiny_checkpoints / "stripped"), {})
+    assert exc.value.exit_code == 3 and "holds no MTP tensors" in str(exc.value)
+    path = tmp_path / "serve.json"
+    path.write_text(json.dumps(defaults("cpu")))
+    env = {"MODEL": str(tiny_checkpoints / "stripped")}
+    assert ep.main(["--preflight-only"], env, path) == 3
+    err = capsys.readouterr().err
+    assert "error: MTP speculative decoding requested" in err and "Traceback" not in err
+    assert ep.main(["--preflight-only"], {**env, "NUM_SPECULATIVE_TOKENS": "0"}, path) == 0
+
+
+def _sharded_checkpoint(root: Path, names: list[str], config: dict) -> Path:
+    root.mkdir(parents=True)
+    (root / "config.json").write_text(json.dumps(config))
+    (root / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {n: "model-00001.safetensors" for n in names}}))
+    return root
+
+
+DSV4_CONFIG = {"model_type": "deepseek_v4", "num_hidden_layers": 43, "num_nextn_predict_layers": 1}
+
+
+def test_preflight_reads_a_deepseek_v4_index_with_and_without_mtp(tmp_path):
+    good = _sharded_checkpoint(tmp_path / "good", ["layers.0.attn.wq_a.weight", "mtp.0.e_proj.weight"], DSV4_CONFIG)
+    bad = _sharded_checkpoint(tmp_path / "bad", ["layers.0.attn.wq_a.weight", "layers.42.ffn.w1.weight"], DSV4_CONFIG)
+    assert ep.check_mtp_tensors(str(good), {}) == "1 MTP tensors found"
+    with pytest.raises(ep.EntrypointError, match=r"mtp\.\* or model\.layers\.43\.\* absent among 2 tensors"):
+        ep.check_mtp_tensors(str(bad), {})
+
+
+def test_preflight_finds_a_repo_id_in_the_hugging_face_cache(tmp_path):
+    hub = tmp_path / "hf" / "hub" / "models--RedHatAI--DeepSeek-V4-Flash-NVFP4-FP8"
+    (hub / "refs").mkdir(parents=True)
+    (hub / "refs" / "main").write_text("abc123")
+    _sharded_checkpoint(hub / "snapshots" / "abc123", ["layers.0.attn.wq_a.weight"], DSV4_CONFIG)
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    with pytest.raises(ep.EntrypointError, match="RedHatAI/DeepSeek-V4-Flash-NVFP4-FP8 holds no MTP tensors"):
+        ep.check_mtp_tensors("RedHatAI/DeepSeek-V4-Flash-NVFP4-FP8", env)
+
+
+def test_preflight_does_not_refuse_what_it_cannot_read(tmp_path):
+    env = {"HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    assert ep.check_mtp_tensors("canada-quant/DeepSeek-V4-Flash-NVFP4-FP8-MTP", env).startswith("not checked")
+
+
+# ---- preflight: GPU --------------------------------------------------------------------------
+
+def test_gpu_warnings():
+    d, serve = defaults("sm100"), ep.effective_settings(defaults("sm100"), {})
+    assert ep.gpu_warnings(d, serve, ["10.3", "10.3", "10.0", "10.0"]) == []
+    warnings = ep.gpu_warnings(d, serve, ["12.0", "12.0"])
+    assert any("compute capability 12.0, this image is built for 10.0/10.3" in w for w in warnings)
+    assert any("2 GPU(s) visible but TENSOR_PARALLEL_SIZE=4" in w for w in warnings)
+    assert "no NVIDIA GPU visible" in ep.gpu_warnings(d, serve, None)[0]
+    assert ep.gpu_warnings(defaults("cpu"), ep.effective_settings(defaults("cpu"), {}), None) == []
+
+
+def test_no_removed_vllm_environment_variable_is_set():
+    text = Path(ep.__file__).read_text() + "".join(json.dumps(render.serve_defaults(t)) for t in M.targets.values())
+    assert "VLLM_TEST_FORCE_FP8_MARLIN" not in text
