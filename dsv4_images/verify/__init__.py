@@ -1,0 +1,1 @@
+"""Verification: spec-decode metrics, corruption detectors and measured request phases."""
