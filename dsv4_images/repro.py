@@ -1,0 +1,65 @@
+"""`build.py repro --arch ARCH`: build twice from a clean state and compare the results bit for bit.
+
+Each build runs without the layer cache, is normalized for SOURCE_DATE_EPOCH (reproducible.py)
+and scanned file by file. The report says whether the image config digest and every layer digest
+match and, where a layer differs, which files differ and how.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from . import REPO_ROOT, images, reproducible
+from .matrix import Matrix, Target
+
+
+def compare(a: reproducible.NormalizedImage, b: reproducible.NormalizedImage, limit: int = 40) -> dict:
+    layers = []
+    for i, (x, y) in enumerate(zip(a.layers, b.layers)):
+        entry = {"index": i, "a": x.digest, "b": y.digest, "match": x.digest == y.digest}
+        if not entry["match"]:
+            names = sorted(set(x.files) | set(y.files))
+            differ = [n for n in names if x.files.get(n) != y.files.get(n)]
+            entry["files_differing"] = len(differ)
+            entry["differences"] = [{"path": n, "a": x.files.get(n), "b": y.files.get(n)} for n in differ[:limit]]
+            if not differ and list(x.files) != list(y.files):
+                entry["differences"] = [{"path": "(file order differs)"}]
+        layers.append(entry)
+    return {"config_digest": {"a": a.config_digest, "b": b.config_digest, "match": a.config_digest == b.config_digest},
+            "layer_count": {"a": len(a.layers), "b": len(b.layers)}, "layers": layers,
+            "identical": a.config_digest == b.config_digest and len(a.layers) == len(b.layers)
+            and all(layer["match"] for layer in layers)}
+
+
+def build_and_scan(client, matrix: Matrix, target: Target, tag: str, emit) -> tuple[reproducible.NormalizedImage, float]:
+    plan = images.plan(matrix, target, image="dsv4-flash-repro", tags=[tag], no_cache=True)
+    started = time.monotonic()
+    images.execute(client, matrix, plan, emit=lambda line: None if line.startswith("#") else emit(line))
+    seconds = time.monotonic() - started
+    epoch = int(plan.build_args["SOURCE_DATE_EPOCH"])
+    return reproducible.normalize(client, plan.tags[0], epoch, index=True, progress=emit), seconds
+
+
+def main(matrix: Matrix, target: Target, emit=print, first: reproducible.NormalizedImage | None = None) -> int:
+    client = images.docker_client()
+    results, seconds = [], []
+    for tag in ("a", "b"):
+        emit(f"repro: build {tag} of {target.name} without the layer cache")
+        image, s = build_and_scan(client, matrix, target, f"{target.name}-{tag}", emit)
+        results.append(image)
+        seconds.append(round(s, 1))
+    report = compare(*results)
+    report.update({"target": target.name, "build_seconds": seconds})
+    out = REPO_ROOT / "reports" / f"repro-{target.name}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    emit(f"config digest: a {report['config_digest']['a']}  b {report['config_digest']['b']}")
+    for layer in report["layers"]:
+        mark = "same" if layer["match"] else f"DIFFERENT ({layer.get('files_differing', '?')} files)"
+        emit(f"layer {layer['index']:>2}: {layer['a'][:19]} {layer['b'][:19]} {mark}")
+        for d in layer.get("differences", [])[:10]:
+            emit(f"    {d['path']}")
+    emit(f"repro: {'IDENTICAL' if report['identical'] else 'NOT reproducible'} (builds took {seconds[0]}s and {seconds[1]}s); "
+         f"report {out.relative_to(REPO_ROOT)}")
+    return 0 if report["identical"] else 1

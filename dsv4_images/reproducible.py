@@ -1,0 +1,183 @@
+"""Bit-for-bit reproducible images from a BuildKit too old to rewrite timestamps itself.
+
+BuildKit >= 0.13 honours SOURCE_DATE_EPOCH with the image exporter option rewrite-timestamp=true
+(the CI workflow uses that). The BuildKit inside Docker Engine 20.10 predates it, so build.py does
+the same after the build: it streams the image out (`docker save`), clamps every file's mtime in
+every layer to SOURCE_DATE_EPOCH, drops atime/ctime, sets the config's and history's creation
+times to the epoch and removes the build container's id, then loads the result back under the
+same tags. Layer order and file order are the daemon's (already sorted by path).
+
+`scan` does the same rewrite without loading, and records every file's digest, so two builds can
+be compared file by file (`build.py repro`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .errors import UserError
+
+DROP_PAX = ("atime", "ctime", "mtime", "LIBARCHIVE.creationtime")
+
+
+class _IterReader(io.RawIOBase):
+    """A file object over an iterator of byte chunks (the Engine's `docker save` stream)."""
+
+    def __init__(self, chunks: Iterable[bytes]):
+        self._chunks = iter(chunks)
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not self._buffer:
+            try:
+                self._buffer = next(self._chunks)
+            except StopIteration:
+                return 0
+        n = min(len(b), len(self._buffer))
+        b[:n] = self._buffer[:n]
+        self._buffer = self._buffer[n:]
+        return n
+
+
+class _HashingWriter:
+    def __init__(self, sink=None):
+        self.sha = hashlib.sha256()
+        self.sink = sink
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        if self.sink is not None:
+            self.sink.write(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.size
+
+
+@dataclass
+class Layer:
+    digest: str                                    # sha256 of the rewritten, uncompressed layer tar
+    files: dict[str, tuple] = field(default_factory=dict)   # path -> (type, mode, uid, gid, size, sha256, link)
+
+
+@dataclass
+class NormalizedImage:
+    config_digest: str
+    layers: list[Layer]
+    config: dict
+
+
+class _HashingReader:
+    """Reads through a member's data while hashing it (per-file digests for `repro`)."""
+
+    def __init__(self, src):
+        self.src, self.sha = src, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.src.read(n)
+        self.sha.update(data)
+        return data
+
+
+def _rewrite_layer(src, out: _HashingWriter, epoch: int, index: bool) -> dict[str, tuple]:
+    files = {}
+    with tarfile.open(fileobj=src, mode="r|") as tin, \
+            tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tout:
+        for member in tin:
+            member.mtime = min(int(member.mtime), epoch)
+            member.pax_headers = {k: v for k, v in member.pax_headers.items() if k not in DROP_PAX}
+            data = _HashingReader(tin.extractfile(member)) if member.isreg() else None
+            tout.addfile(member, data)
+            if index:
+                files[member.name] = (member.type.decode(errors="replace"), member.mode, member.uid, member.gid,
+                                      member.size, data.sha.hexdigest() if data else "", member.linkname)
+    return files
+
+
+def _normalize_config(config: dict, diff_ids: list[str], epoch: int) -> dict:
+    created = datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    out = {k: v for k, v in config.items() if k not in ("container", "container_config", "docker_version")}
+    out["created"] = created
+    out["history"] = [{**h, "created": created} for h in config.get("history", [])]
+    out["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
+    return out
+
+
+def _canonical(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def normalize(client, ref: str, epoch: int, load: bool = False, index: bool = False,
+              progress: Callable[[str], None] = lambda _: None) -> NormalizedImage:
+    """Rewrite `ref`'s layers and config for SOURCE_DATE_EPOCH; load the result under ref if asked."""
+    try:
+        stream = client.api.get_image(ref, chunk_size=1 << 20)
+    except Exception as exc:  # docker.errors.*: the image is unknown or the daemon refused
+        raise UserError(f"cannot export {ref}: {exc}") from None
+    workdir = Path(tempfile.mkdtemp(prefix="dsv4-repro-"))
+    layers_by_path: dict[str, Layer] = {}
+    config_files: dict[str, dict] = {}
+    manifest = None
+    try:
+        with tarfile.open(fileobj=io.BufferedReader(_IterReader(stream), 1 << 20), mode="r|") as outer:
+            for member in outer:
+                if member.name.endswith("layer.tar") and member.isreg():
+                    progress(f"rewriting layer {member.name.split('/')[0][:12]} ({member.size / 1e6:.0f} MB)")
+                    sink = open(workdir / f"{len(layers_by_path)}.tar", "wb") if load else None
+                    writer = _HashingWriter(sink)
+                    files = _rewrite_layer(outer.extractfile(member), writer, epoch, index)
+                    if sink:
+                        sink.close()
+                        os.rename(sink.name, workdir / f"{writer.sha.hexdigest()}.tar")
+                    layers_by_path[member.name] = Layer(f"sha256:{writer.sha.hexdigest()}", files)
+                elif member.name == "manifest.json":
+                    manifest = json.load(outer.extractfile(member))
+                elif member.name.endswith(".json") and "/" not in member.name:
+                    config_files[member.name] = json.load(outer.extractfile(member))
+        if not manifest:
+            raise UserError(f"docker save of {ref} produced no manifest")
+        entry = manifest[0]
+        layers = [layers_by_path[p] for p in entry["Layers"]]
+        config = _normalize_config(config_files[entry["Config"]], [layer.digest for layer in layers], epoch)
+        raw = _canonical(config)
+        result = NormalizedImage(f"sha256:{hashlib.sha256(raw).hexdigest()}", layers, config)
+        if load:
+            _load(client, workdir, raw, result, entry.get("RepoTags") or [ref])
+        return result
+    finally:
+        for p in workdir.glob("*"):
+            p.unlink()
+        workdir.rmdir()
+
+
+def _load(client, workdir: Path, raw_config: bytes, image: NormalizedImage, tags: list[str]) -> None:
+    config_name = image.config_digest.split(":", 1)[1] + ".json"
+    layer_names = [f"{layer.digest.split(':', 1)[1]}/layer.tar" for layer in image.layers]
+    manifest = json.dumps([{"Config": config_name, "RepoTags": tags, "Layers": layer_names}]).encode()
+    archive = workdir / "image.tar"
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in ((config_name, raw_config), ("manifest.json", manifest)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        added = set()
+        for layer, name in zip(image.layers, layer_names):
+            if name not in added:
+                tar.add(str(workdir / f"{layer.digest.split(':', 1)[1]}.tar"), arcname=name)
+                added.add(name)
+    with open(archive, "rb") as f:
+        client.images.load(f)
