@@ -1,0 +1,81 @@
+"""build.py as a user runs it: plans without a daemon, and one-line errors for bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dsv4_images import REPO_ROOT
+
+
+def run(*args, env=None):
+    return subprocess.run([sys.executable, str(REPO_ROOT / "build.py"), *args], capture_output=True, text=True,
+                          cwd=REPO_ROOT, env={**os.environ, **(env or {})}, timeout=120)
+
+
+def one_line_error(result, code=None):
+    assert result.returncode != 0 if code is None else result.returncode == code
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    return lines[0]
+
+
+@pytest.mark.parametrize("arch,target,tp", [("sm_103a", "sm100", "10.0"), ("sm_120", "sm120", "12.0")])
+def test_dry_run_prints_a_complete_plan_without_a_daemon(arch, target, tp):
+    result = run("--arch", arch, "--dry-run", "--owner", "acme", env={"DOCKER_HOST": "unix:///nonexistent.sock"})
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert f"dockerfile:  Dockerfile.{target} (stage image)" in out
+    for arg in ("BUILD_CREATED=", "VCS_REF=", "SOURCE_DATE_EPOCH=", "APPLY_PATCHES=1", "SOURCE_URL=https://github.com/acme/"):
+        assert f"  {arg}" in out
+    assert f"  ghcr.io/acme/dsv4-flash:{target}\n" in out and f"  ghcr.io/acme/dsv4-flash:0.33.0-{target}\n" in out
+    assert f"io.dsv4-flash.torch-cuda-arch-list={tp}" in out
+    assert "io.dsv4-flash.vllm.sdist-sha256=f4c33c2503d52bb411146afa9618a4f48bed68912f617e6803ac8d76e4c74112" in out
+    assert "io.dsv4-flash.patch.0002-deepseek-v4-nvidia-mtp-bf16-block-in-quantized-checkpoint.sha256=" in out
+    assert f"locks/{target}.txt" in out and f"locks/{target}.build.txt" in out
+
+
+def test_dry_run_honours_tag_image_and_push():
+    out = run("--arch", "cpu", "--dry-run", "--image", "127.0.0.1:5000/x", "--tag", "t1", "--tag", "r/y:z", "--push").stdout
+    assert "  127.0.0.1:5000/x:t1\n  r/y:z\n" in out and "push:        yes" in out
+
+
+def test_unknown_arch_is_one_line_and_exit_2():
+    line = one_line_error(run("--arch", "sm_90a", "--dry-run"), code=2)
+    assert "unknown arch 'sm_90a'" in line and "sm_103a" in line and "sm_120" in line and "cpu" in line
+
+
+def test_no_daemon_is_one_clear_line():
+    line = one_line_error(run("--arch", "cpu", env={"DOCKER_HOST": "unix:///nonexistent.sock"}))
+    assert line.startswith("error: no Docker daemon at unix:///nonexistent.sock")
+
+
+def test_malformed_source_date_epoch_is_one_line():
+    line = one_line_error(run("--arch", "cpu", "--dry-run", env={"SOURCE_DATE_EPOCH": "yesterday"}))
+    assert "SOURCE_DATE_EPOCH='yesterday'" in line
+
+
+def test_matrix_json_is_what_ci_consumes():
+    result = run("matrix", "--json")
+    assert result.returncode == 0
+    assert [e["target"] for e in json.loads(result.stdout)["include"]] == ["sm100", "sm120", "cpu"]
+
+
+def test_render_check_and_lock_check_pass_on_main():
+    assert run("render", "--check").returncode == 0
+    assert run("lock", "--check").returncode == 0
+
+
+def test_resolve_digests_without_a_registry_is_one_line():
+    result = run("resolve-digests", env={"HTTPS_PROXY": "http://127.0.0.1:9"})
+    line = one_line_error(result)
+    assert line.startswith("error: cannot reach Docker Hub to resolve ")
+
+
+def test_digest_references_split_into_repository_tag_and_digest():
+    from dsv4_images.digests import split
+    assert split("debian:bookworm-slim@sha256:" + "a" * 64) == ("library/debian", "bookworm-slim", "sha256:" + "a" * 64)
+    assert split("nvidia/cuda:13.0.3-base-ubuntu24.04@sha256:" + "b" * 64)[:2] == ("nvidia/cuda", "13.0.3-base-ubuntu24.04")
