@@ -103,7 +103,9 @@ def _rewrite_layer(src, out: _HashingWriter, epoch: int, index: bool) -> dict[st
             data = _HashingReader(tin.extractfile(member)) if member.isreg() else None
             tout.addfile(member, data)
             if index:
-                files[member.name] = (member.type.decode(errors="replace"), member.mode, member.uid, member.gid,
+                # Go's archive/tar keeps the file-type bits in the mode field; tarfile writes only the
+                # permission bits, so compare those (the rewritten bytes carry nothing else).
+                files[member.name] = (member.type.decode(errors="replace"), member.mode & 0o7777, member.uid, member.gid,
                                       member.size, data.sha.hexdigest() if data else "", member.linkname)
     return files
 

@@ -8,11 +8,13 @@ corruption detectors run on every output as well.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import pytest
 
-from dsv4_images import matrix, tinymodel
+from dsv4_images import REPO_ROOT, matrix, tinymodel
 from dsv4_images.verify import client, phase
 
 from .cpu_server import build_cpu_image, container_for, model_dir_for_mounting, serve
@@ -178,9 +180,6 @@ def test_unpatched_image_corruption_is_detected_at_temperature(unpatched_server,
 # ---- build.py verify against the running images ----------------------------------------------
 
 def verify(*args):
-    import subprocess
-    import sys
-    from dsv4_images import REPO_ROOT
     return subprocess.run([sys.executable, str(REPO_ROOT / "build.py"), "verify", *args], capture_output=True,
                           text=True, cwd=REPO_ROOT, timeout=1800)
 
@@ -199,7 +198,8 @@ def test_verify_passes_on_the_patched_image_with_the_speedup_side_by_side(mtp_se
     report["verify_cpu"] = {"acceptance": data["acceptance_by_workload"],
                             "speedup_c1": {p["workload"]: p["speedup_output_tokens_per_s"] for p in data["phases"]
                                            if p["concurrency"] == 1}}
-    (tmp_path.parent / "verify-table.txt").write_text(result.stdout)
+    (REPO_ROOT / "reports").mkdir(exist_ok=True)
+    (REPO_ROOT / "reports" / "verify-cpu.txt").write_text(result.stdout)  # the table, kept with the run's figures
 
 
 def test_verify_fails_on_the_unpatched_image_naming_the_corrupted_prompts(unpatched_server, tmp_path):
@@ -222,7 +222,6 @@ def test_verify_against_an_address_where_nothing_listens_is_one_line():
 def test_verify_a_gpu_image_with_the_card_thresholds(target, gpu_images, request, tmp_path):
     """Runs only with --image TARGET=IMAGE on a machine whose GPUs match the target."""
     import shutil
-    import subprocess
     image = gpu_images.get(target)
     if not image:
         pytest.skip(f"no {target} image given (pytest --image {target}=IMAGE)")
