@@ -15,9 +15,11 @@ import os
 import re
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -79,12 +81,42 @@ def supported_tags(python: str, platform: str) -> list[Tag]:
             *compatible_tags((major, minor), interpreter=f"cp{major}{minor}", platforms=platforms)]
 
 
+class _LinkParser(HTMLParser):
+    """The file links of a PEP 503 (HTML) project page."""
+
+    def __init__(self, base_url: str):
+        super().__init__()
+        self.base_url, self.files, self._href = base_url, [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "a":
+            self._href = dict(attrs).get("href")
+
+    def handle_data(self, data):
+        if self._href is not None:
+            url, _, fragment = urllib.parse.urljoin(self.base_url, self._href).partition("#")
+            hashes = dict([fragment.split("=", 1)]) if "=" in fragment else {}
+            self.files.append({"filename": data.strip(), "url": url, "hashes": hashes})
+            self._href = None
+
+
 def _simple_index(project: str) -> list[dict]:
-    request = urllib.request.Request(f"{PYPI_SIMPLE}/{project}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    """The project's files from the simple index: PEP 691 JSON when the index offers it, else PEP 503 HTML."""
+    url = f"{PYPI_SIMPLE}/{project}/"
+    request = urllib.request.Request(url, headers={
+        "Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
-            return json.load(response)["files"]
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+            body, content_type = response.read(), response.headers.get_content_type()
+            base_url = response.geturl()
+        if content_type.endswith("json"):
+            return json.loads(body)["files"]
+        parser = _LinkParser(base_url)
+        parser.feed(body.decode("utf-8"))
+        if not parser.files:
+            raise ValueError(f"a {content_type} page with no file links")
+        return parser.files
+    except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
         raise UserError(f"cannot read the package index for {project} at {PYPI_SIMPLE}: {exc}") from None
 
 

@@ -116,3 +116,20 @@ def test_locks_agree_with_the_toolchain_versions():
         locks.check_pins(t, (REPO_ROOT / "locks" / f"{t.name}.txt").read_text(), t.name)
     with pytest.raises(UserError, match="torch==2.14.0 but matrix.toml says 2.13.0"):
         locks.check_pins(m.resolve("cpu"), "torch==2.14.0 \\\n", "locks/cpu.txt")
+
+
+def test_the_simple_index_is_read_as_html_when_the_index_offers_no_json(tmp_path, monkeypatch):
+    """Some PyPI mirrors ignore the PEP 691 Accept header; the PEP 503 page gives the same files."""
+    monkeypatch.setattr(wheelhouse, "CACHE", tmp_path)
+    item = wheelhouse.LockedFile("foo", "foo-1.0-py3-none-any.whl", "unused", hashlib.sha256(b"wheel").hexdigest())
+    item.path.parent.mkdir(parents=True)
+    item.path.write_bytes(b"wheel")
+    with wheelhouse.LoopbackIndex([item], port=38097) as index:  # serves PEP 503 HTML only
+        monkeypatch.setattr(wheelhouse, "PYPI_SIMPLE", f"{index.url}/simple")
+        files = wheelhouse._simple_index("foo")
+        assert files == [{"filename": item.filename, "url": f"{index.url}/files/{item.filename}",
+                          "hashes": {"sha256": item.sha256}}]
+        req = wheelhouse.Requirement("foo", "1.0", frozenset({item.sha256}))
+        assert wheelhouse.select_file(req, files, [Tag("py3", "none", "any")]).url == files[0]["url"]
+        with pytest.raises(UserError, match=r"cannot read the package index for bar at .*: HTTP Error 404"):
+            wheelhouse._simple_index("bar")
