@@ -14,6 +14,21 @@ from . import REPO_ROOT, images, reproducible
 from .matrix import Matrix, Target
 
 
+def config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted paths of the image config fields that differ (layer ids are compared layer by layer)."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        path = f"{prefix}{key}"
+        if path == "rootfs":
+            continue
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += config_differences(x, y, path + ".")
+        elif x != y:
+            out.append(f"{path}: {x!r} != {y!r}"[:300])
+    return out
+
+
 def compare(a: reproducible.NormalizedImage, b: reproducible.NormalizedImage, limit: int = 40) -> dict:
     layers = []
     for i, (x, y) in enumerate(zip(a.layers, b.layers)):
@@ -27,6 +42,7 @@ def compare(a: reproducible.NormalizedImage, b: reproducible.NormalizedImage, li
                 entry["differences"] = [{"path": "(file order differs)"}]
         layers.append(entry)
     return {"config_digest": {"a": a.config_digest, "b": b.config_digest, "match": a.config_digest == b.config_digest},
+            "config_differences": config_differences(a.config, b.config),
             "layer_count": {"a": len(a.layers), "b": len(b.layers)}, "layers": layers,
             "identical": a.config_digest == b.config_digest and len(a.layers) == len(b.layers)
             and all(layer["match"] for layer in layers)}
@@ -55,6 +71,8 @@ def main(matrix: Matrix, target: Target, emit=print, first: reproducible.Normali
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     emit(f"config digest: a {report['config_digest']['a']}  b {report['config_digest']['b']}")
+    for line in report["config_differences"]:
+        emit(f"    config {line}")
     for layer in report["layers"]:
         mark = "same" if layer["match"] else f"DIFFERENT ({layer.get('files_differing', '?')} files)"
         emit(f"layer {layer['index']:>2}: {layer['a'][:19]} {layer['b'][:19]} {mark}")

@@ -7,8 +7,9 @@ every layer to SOURCE_DATE_EPOCH, drops atime/ctime, sets the config's and histo
 times to the epoch and removes the build container's id, then loads the result back under the
 same tags. Layer order and file order are the daemon's (already sorted by path).
 
-`scan` does the same rewrite without loading, and records every file's digest, so two builds can
-be compared file by file (`build.py repro`).
+With index=True it also records every file's digest, so two builds can be compared file by file
+(`build.py repro`). The rewrite is idempotent: normalizing an image pulled back from the registry
+(already normalized) with the same epoch gives its own digests.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class _HashingWriter:
 @dataclass
 class Layer:
     digest: str                                    # sha256 of the rewritten, uncompressed layer tar
-    files: dict[str, tuple] = field(default_factory=dict)   # path -> (type, mode, uid, gid, size, sha256, link)
+    files: dict[str, tuple] = field(default_factory=dict)   # path -> (type, mode, uid, gid, size, sha256, link, mtime)
 
 
 @dataclass
@@ -93,6 +94,15 @@ class _HashingReader:
         return data
 
 
+def _entry(member: tarfile.TarInfo, data: _HashingReader | None) -> tuple:
+    # Go's archive/tar keeps the file-type bits in the mode field; tarfile writes only the
+    # permission bits, so compare those (the rewritten bytes carry nothing else).
+    # The mtime is recorded too: after the rewrite it is the epoch, so two builds made with different
+    # SOURCE_DATE_EPOCHs show every file as different instead of layers that differ in no file.
+    return (member.type.decode(errors="replace"), member.mode & 0o7777, member.uid, member.gid,
+            member.size, data.sha.hexdigest() if data else "", member.linkname, int(member.mtime))
+
+
 def _rewrite_layer(src, out: _HashingWriter, epoch: int, index: bool) -> dict[str, tuple]:
     files = {}
     with tarfile.open(fileobj=src, mode="r|") as tin, \
@@ -103,10 +113,7 @@ def _rewrite_layer(src, out: _HashingWriter, epoch: int, index: bool) -> dict[st
             data = _HashingReader(tin.extractfile(member)) if member.isreg() else None
             tout.addfile(member, data)
             if index:
-                # Go's archive/tar keeps the file-type bits in the mode field; tarfile writes only the
-                # permission bits, so compare those (the rewritten bytes carry nothing else).
-                files[member.name] = (member.type.decode(errors="replace"), member.mode & 0o7777, member.uid, member.gid,
-                                      member.size, data.sha.hexdigest() if data else "", member.linkname)
+                files[member.name] = _entry(member, data)
     return files
 
 

@@ -1,0 +1,87 @@
+"""The layer rewrite that makes images reproducible, and the comparison `build.py repro` reports.
+
+The integration tests (test_publish.py, `build.py repro`) run this on the real cpu image; here the
+rules are checked on small tars made in memory."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+
+from dsv4_images import repro, reproducible
+
+EPOCH = 1767225600
+
+
+def _layer(entries: list[tuple[str, bytes | None, int]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data, mtime in entries:
+            info = tarfile.TarInfo(name)
+            info.mtime = mtime
+            if data is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            else:
+                info.size, info.mode = len(data), 0o644
+                info.pax_headers = {"atime": "1900000000.5", "ctime": "1900000000.5"}
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _rewrite(raw: bytes, epoch: int = EPOCH) -> tuple[bytes, str, dict]:
+    out = io.BytesIO()
+    writer = reproducible._HashingWriter(out)
+    files = reproducible._rewrite_layer(io.BytesIO(raw), writer, epoch, index=True)
+    return out.getvalue(), f"sha256:{writer.sha.hexdigest()}", files
+
+
+def test_the_rewrite_clamps_mtimes_and_drops_access_and_change_times():
+    raw = _layer([("usr/", None, EPOCH + 500), ("usr/a.py", b"print(1)\n", EPOCH + 500), ("usr/b", b"x", EPOCH - 10)])
+    rewritten, digest, files = _rewrite(raw)
+    assert digest == "sha256:" + hashlib.sha256(rewritten).hexdigest()
+    with tarfile.open(fileobj=io.BytesIO(rewritten)) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    assert members["usr/a.py"].mtime == EPOCH and members["usr/b"].mtime == EPOCH - 10
+    assert not any(k in m.pax_headers for m in members.values() for k in ("atime", "ctime"))
+    assert files["usr/a.py"][5] == hashlib.sha256(b"print(1)\n").hexdigest()
+
+
+def test_two_layers_that_differ_only_in_build_time_rewrite_to_the_same_bytes():
+    first = _rewrite(_layer([("etc/x", b"same", EPOCH + 100)]))
+    second = _rewrite(_layer([("etc/x", b"same", EPOCH + 99999)]))
+    assert first[1] == second[1]
+
+
+def test_rewriting_a_normalized_layer_again_changes_nothing():
+    """A pushed image is already normalized; normalizing it again (the guard's diagnosis) keeps its digests."""
+    rewritten, digest, files = _rewrite(_layer([("a/", None, EPOCH), ("a/b.txt", b"hello" * 1000, EPOCH + 7),
+                                                ("a/" + "long-name/" * 12 + "c", b"x", EPOCH + 7)]))
+    again, digest_again, files_again = _rewrite(rewritten)
+    assert again == rewritten and digest_again == digest and files_again == files
+
+
+def test_compare_names_the_differing_files_and_config_fields():
+    def image(content: bytes, label: str) -> reproducible.NormalizedImage:
+        _, digest, files = _rewrite(_layer([("same", b"1", EPOCH), ("f", content, EPOCH)]))
+        return reproducible.NormalizedImage(digest, [reproducible.Layer(digest, files)],
+                                            {"config": {"Labels": {"revision": label}}, "rootfs": {"diff_ids": [digest]}})
+    report = repro.compare(image(b"a", "r1"), image(b"b", "r2"))
+    assert not report["identical"] and report["layers"][0]["files_differing"] == 1
+    assert [d["path"] for d in report["layers"][0]["differences"]] == ["f"]
+    assert report["config_differences"] == ["config.Labels.revision: 'r1' != 'r2'"]
+    same = repro.compare(image(b"a", "r1"), image(b"a", "r1"))
+    assert same["identical"] and same["config_differences"] == []
+
+
+def test_builds_made_with_different_epochs_show_which_files_differ():
+    """A commit between two builds moves SOURCE_DATE_EPOCH: the comparison must name files, not just layers."""
+    raw = _layer([("etc/", None, EPOCH + 5000), ("etc/x", b"same", EPOCH + 5000)])
+    _, d1, f1 = _rewrite(raw, EPOCH)
+    _, d2, f2 = _rewrite(raw, EPOCH + 60)
+    report = repro.compare(reproducible.NormalizedImage("a", [reproducible.Layer(d1, f1)], {}),
+                           reproducible.NormalizedImage("b", [reproducible.Layer(d2, f2)], {}))
+    layer = report["layers"][0]
+    assert not layer["match"] and layer["files_differing"] == 2
+    assert layer["differences"][1]["a"][-1] == EPOCH and layer["differences"][1]["b"][-1] == EPOCH + 60
