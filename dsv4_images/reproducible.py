@@ -2,8 +2,8 @@
 
 BuildKit >= 0.13 honours SOURCE_DATE_EPOCH with the image exporter option rewrite-timestamp=true
 (the CI workflow uses that). The BuildKit inside Docker Engine 20.10 predates it, so build.py does
-the same after the build: it streams the image out (`docker save`), clamps every file's mtime in
-every layer to SOURCE_DATE_EPOCH, drops atime/ctime, sets the config's and history's creation
+the same after the build: it streams the image out (`docker save`), sets the mtime of every file
+the build made to SOURCE_DATE_EPOCH (see `stamp`), drops atime/ctime, sets the config's and history's creation
 times to the epoch and removes the build container's id, then loads the result back under the
 same tags. Layer order and file order are the daemon's (already sorted by path).
 
@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
 
+from .base import BASE_SOURCE_DATE_EPOCH
 from .errors import UserError
 
 DROP_PAX = ("atime", "ctime", "mtime", "LIBARCHIVE.creationtime")
@@ -103,12 +104,24 @@ def _entry(member: tarfile.TarInfo, data: _HashingReader | None) -> tuple:
             member.size, data.sha.hexdigest() if data else "", member.linkname, int(member.mtime))
 
 
+def stamp(mtime: int, epoch: int) -> int:
+    """The mtime a file gets in the normalized image.
+
+    Files no newer than the base's own epoch (the base rootfs, package contents with their upstream
+    dates) keep their time, clamped to the epoch. Anything newer was made by a build of this image,
+    possibly an earlier one whose layer the cache reused, so it gets this build's epoch. Clamping alone
+    (BuildKit's rewrite-timestamp rule) lets a cached layer keep the real time it was built at, before
+    the new commit's epoch, and the image then differs from a rebuild without cache.
+    """
+    return epoch if mtime > BASE_SOURCE_DATE_EPOCH else min(mtime, epoch)
+
+
 def _rewrite_layer(src, out: _HashingWriter, epoch: int, index: bool) -> dict[str, tuple]:
     files = {}
     with tarfile.open(fileobj=src, mode="r|") as tin, \
             tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tout:
         for member in tin:
-            member.mtime = min(int(member.mtime), epoch)
+            member.mtime = stamp(int(member.mtime), epoch)
             member.pax_headers = {k: v for k, v in member.pax_headers.items() if k not in DROP_PAX}
             data = _HashingReader(tin.extractfile(member)) if member.isreg() else None
             tout.addfile(member, data)

@@ -54,6 +54,21 @@ def test_two_layers_that_differ_only_in_build_time_rewrite_to_the_same_bytes():
     assert first[1] == second[1]
 
 
+def test_a_layer_cached_from_an_earlier_commit_rewrites_like_a_fresh_build():
+    """The cache can reuse a layer built before this commit's epoch; its files must still get the epoch.
+
+    Seen for real: a warm-cache build kept files dated 02:24 from the previous commit's build while the
+    no-cache rebuild had the new commit's epoch everywhere, so the two images differed."""
+    commit_epoch = EPOCH + 86400 * 300
+    cached = _rewrite(_layer([("opt/", None, commit_epoch - 700), ("opt/m.py", b"x = 1\n", commit_epoch - 700),
+                              ("usr/doc", b"from a package", EPOCH - 86400)]), commit_epoch)
+    fresh = _rewrite(_layer([("opt/", None, commit_epoch + 40), ("opt/m.py", b"x = 1\n", commit_epoch + 40),
+                             ("usr/doc", b"from a package", EPOCH - 86400)]), commit_epoch)
+    assert cached[1] == fresh[1]
+    assert cached[2]["opt/m.py"][-1] == commit_epoch and cached[2]["usr/doc"][-1] == EPOCH - 86400
+    assert reproducible.stamp(EPOCH, commit_epoch) == EPOCH  # the base's own time is kept
+
+
 def test_rewriting_a_normalized_layer_again_changes_nothing():
     """A pushed image is already normalized; normalizing it again (the guard's diagnosis) keeps its digests."""
     rewritten, digest, files = _rewrite(_layer([("a/", None, EPOCH), ("a/b.txt", b"hello" * 1000, EPOCH + 7),
