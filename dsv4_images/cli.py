@@ -181,6 +181,16 @@ def parser_for(command: str | None) -> argparse.ArgumentParser:
     return p
 
 
+def _daemon_failure(exc: Exception) -> str | None:
+    """One line for a failure the Docker daemon reported mid-way (a full disk, a lost connection)."""
+    from docker.errors import DockerException
+    from requests import RequestException
+    if not isinstance(exc, (DockerException, RequestException)):
+        return None
+    from . import images
+    return images.explain_daemon_failure(exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in COMMANDS else None
@@ -190,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - only the daemon's own failures become one line
+        line = _daemon_failure(exc)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

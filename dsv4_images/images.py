@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,17 @@ def docker_client():
         where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
         reason = " ".join(str(exc).split())
         raise UserError(f"no Docker daemon at {where}: {reason[:200]}") from None
+
+
+def explain_daemon_failure(exc: Exception) -> str:
+    """What the daemon said, on one line; for a full disk, how much is free where and what frees more."""
+    message = " ".join(str(getattr(exc, "explanation", None) or exc).split())
+    if "no space left on device" not in message:
+        return f"the Docker daemon failed: {message[:300]}"
+    root = "/var/lib/docker"  # the default DockerRootDir; the daemon did not say which disk
+    free = f"{shutil.disk_usage(root).free / 1e9:.1f} GB free on {root}" if os.path.isdir(root) else "disk full"
+    return (f"the Docker daemon ran out of disk space ({free}): {message[:200]}; "
+            "`docker builder prune` and `docker image prune` free the build cache and unused images")
 
 
 def _git(*args: str) -> str | None:

@@ -79,3 +79,26 @@ def test_digest_references_split_into_repository_tag_and_digest():
     from dsv4_images.digests import split
     assert split("debian:bookworm-slim@sha256:" + "a" * 64) == ("library/debian", "bookworm-slim", "sha256:" + "a" * 64)
     assert split("nvidia/cuda:13.0.3-base-ubuntu24.04@sha256:" + "b" * 64)[:2] == ("nvidia/cuda", "13.0.3-base-ubuntu24.04")
+
+
+def test_a_daemon_that_runs_out_of_disk_mid_build_is_one_line(monkeypatch, capsys):
+    """As CI saw it: `docker load` of the rewritten image failed with ENOSPC and printed a traceback."""
+    from docker.errors import ImageLoadError
+
+    from dsv4_images import cli, images
+
+    def full_disk(*_args, **_kwargs):
+        raise ImageLoadError("Error processing tar file(exit status 1): write /opt/venv/lib/python3.11/"
+                             "site-packages/torch/lib/libtorch_cpu.so: no space left on device")
+    monkeypatch.setattr(images, "docker_client", lambda: None)
+    monkeypatch.setattr(images, "execute", full_disk)
+    assert cli.main(["--arch", "cpu"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: the Docker daemon ran out of disk space (")
+    assert "libtorch_cpu.so: no space left on device" in err[0] and "docker builder prune" in err[0]
+
+    def bug(*_args, **_kwargs):
+        raise ZeroDivisionError("a bug in build.py itself")
+    monkeypatch.setattr(images, "execute", bug)
+    with pytest.raises(ZeroDivisionError):  # our own bugs keep their traceback
+        cli.main(["--arch", "cpu"])
