@@ -173,6 +173,8 @@ def execute(client, matrix: Matrix, p: BuildPlan, emit=print) -> buildkit.BuildR
         image = reproducible.normalize(client, p.tags[0], int(p.build_args["SOURCE_DATE_EPOCH"]), load=True, progress=emit)
         for ref in p.tags[1:]:
             client.images.get(p.tags[0]).tag(ref)
+        if image.config_digest != result.image_id:
+            _remove_untagged(client, result.image_id)
         result.image_id = image.config_digest
         emit(f"timing: reproducible {time.monotonic() - started:.1f}s")
         emit(f"reproducible: timestamps rewritten to SOURCE_DATE_EPOCH in {time.monotonic() - started:.0f}s; "
@@ -184,6 +186,15 @@ def execute(client, matrix: Matrix, p: BuildPlan, emit=print) -> buildkit.BuildR
             emit(f"pushed {ref} ({digest})")
         emit(f"timing: push {time.monotonic() - started:.1f}s")
     return result
+
+
+def _remove_untagged(client, image_id: str) -> None:
+    """Drop the build's own image once its tags point at the rewritten one (its layers stay in the build cache)."""
+    try:
+        if not client.images.get(image_id).tags:
+            client.images.remove(image_id)
+    except (APIError, DockerException):  # in use by a container, or already gone: leave it
+        pass
 
 
 def push(client, ref: str, emit=print, attempts: int = PUSH_ATTEMPTS) -> str:

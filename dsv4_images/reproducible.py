@@ -23,7 +23,7 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from .base import BASE_SOURCE_DATE_EPOCH
 from .errors import UserError
@@ -186,20 +186,38 @@ def normalize(client, ref: str, epoch: int, load: bool = False, index: bool = Fa
         workdir.rmdir()
 
 
-def _load(client, workdir: Path, raw_config: bytes, image: NormalizedImage, tags: list[str]) -> None:
+def _archive(workdir: Path, raw_config: bytes, image: NormalizedImage, tags: list[str]) -> Iterator[bytes]:
+    """The docker-archive for `docker load`, made on the fly.
+
+    The daemon unpacks the archive into its own temporary directory, so a second copy of the
+    layers on our side (an image.tar) would only add another image's worth of disk; each layer
+    file is deleted once it has been sent."""
     config_name = image.config_digest.split(":", 1)[1] + ".json"
     layer_names = [f"{layer.digest.split(':', 1)[1]}/layer.tar" for layer in image.layers]
     manifest = json.dumps([{"Config": config_name, "RepoTags": tags, "Layers": layer_names}]).encode()
-    archive = workdir / "image.tar"
-    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in ((config_name, raw_config), ("manifest.json", manifest)):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        added = set()
-        for layer, name in zip(image.layers, layer_names):
-            if name not in added:
-                tar.add(str(workdir / f"{layer.digest.split(':', 1)[1]}.tar"), arcname=name)
-                added.add(name)
-    with open(archive, "rb") as f:
-        client.images.load(f)
+
+    def header(name: str, size: int) -> bytes:
+        info = tarfile.TarInfo(name)
+        info.size = size
+        return info.tobuf(tarfile.PAX_FORMAT)
+
+    for name, data in ((config_name, raw_config), ("manifest.json", manifest)):
+        yield header(name, len(data)) + data + b"\0" * (-len(data) % 512)
+    sent = set()
+    for layer, name in zip(image.layers, layer_names):
+        if name in sent:
+            continue
+        sent.add(name)
+        path = workdir / f"{layer.digest.split(':', 1)[1]}.tar"
+        size = path.stat().st_size
+        yield header(name, size)
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                yield chunk
+        path.unlink()
+        yield b"\0" * (-size % 512)
+    yield b"\0" * 1024
+
+
+def _load(client, workdir: Path, raw_config: bytes, image: NormalizedImage, tags: list[str]) -> None:
+    client.images.load(_archive(workdir, raw_config, image, tags))

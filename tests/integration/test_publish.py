@@ -4,6 +4,7 @@ digest, and prove the build reproduces bit for bit; and the failure cases give o
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -23,8 +24,10 @@ TARGET = matrix.load().resolve("cpu")
 @pytest.fixture(scope="module")
 def local_registry(tmp_path_factory, docker_client):
     need(available(), "Debian's docker-registry is not installed (./dev setup installs it)")
-    with registry(tmp_path_factory.mktemp("registry")) as address:
+    root = tmp_path_factory.mktemp("registry")
+    with registry(root) as address:
         yield address
+    shutil.rmtree(root, ignore_errors=True)  # a few GB of blobs; pytest would keep three runs' worth
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import tarfile
 
 from dsv4_images import repro, reproducible
@@ -100,3 +101,25 @@ def test_builds_made_with_different_epochs_show_which_files_differ():
     layer = report["layers"][0]
     assert not layer["match"] and layer["files_differing"] == 2
     assert layer["differences"][1]["a"][-1] == EPOCH and layer["differences"][1]["b"][-1] == EPOCH + 60
+
+
+def test_the_archive_for_docker_load_is_streamed_and_frees_each_layer_once_sent(tmp_path):
+    """`docker load` reads this stream; the integration tests load the real cpu image through it."""
+    raw = _layer([("etc/", None, EPOCH), ("etc/x", b"x" * 1000, EPOCH)])
+    layer_bytes, digest, files = _rewrite(raw)
+    (tmp_path / f"{digest.split(':')[1]}.tar").write_bytes(layer_bytes)
+    config = b'{"rootfs":{}}'
+    image = reproducible.NormalizedImage("sha256:" + hashlib.sha256(config).hexdigest(),
+                                         [reproducible.Layer(digest, files)] * 2, {})
+    stream = reproducible._archive(tmp_path, config, image, ["example/x:1"])
+    first = next(stream)  # the config and manifest come first; the layer file is still there
+    assert (tmp_path / f"{digest.split(':')[1]}.tar").exists()
+    data = first + b"".join(stream)
+    assert not list(tmp_path.iterdir())
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        names = tar.getnames()
+        manifest = json.load(tar.extractfile("manifest.json"))
+        assert tar.extractfile(f"{digest.split(':')[1]}/layer.tar").read() == layer_bytes
+        assert tar.extractfile(names[0]).read() == config
+    assert names == [f"{image.config_digest.split(':')[1]}.json", "manifest.json", f"{digest.split(':')[1]}/layer.tar"]
+    assert manifest == [{"Config": names[0], "RepoTags": ["example/x:1"], "Layers": [names[2], names[2]]}]
