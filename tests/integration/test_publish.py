@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+from docker import errors as docker_errors
 
 from dsv4_images import REPO_ROOT, images, matrix, repro, reproducible
 from dsv4_images.errors import UserError
@@ -43,7 +44,17 @@ def pushed(local_registry, docker_client, report):
     seconds = {k: float(v) for k, v in re.findall(r"^timing: (\w+) ([\d.]+)s$", result.stdout, re.M)}
     report["push"] = {"total_s": round(time.monotonic() - started, 1), **seconds, "config_digest": config_digest,
                       "manifest_digest": next(iter(digests.values()))}
-    return {"image": image, "digests": digests, "config_digest": config_digest, "stdout": result.stdout}
+    yield {"image": image, "digests": digests, "config_digest": config_digest, "stdout": result.stdout}
+    # The pushed image under the registry's name (tags, or the digest it was pulled back by) and the
+    # rebuild have served their purpose; the cpu image the other tests use is tagged apart.
+    for name in (image, "dsv4-flash-repro"):
+        for leftover in docker_client.images.list(name=name):
+            for ref in leftover.tags + leftover.attrs.get("RepoDigests", []):
+                if ref.startswith(f"{name}:") or ref.startswith(f"{name}@"):
+                    try:  # by reference, so an image that also carries other tags keeps them
+                        docker_client.images.remove(ref)
+                    except docker_errors.APIError:  # in use by a container: leave it
+                        pass
 
 
 def test_push_then_pull_back_by_digest_gives_the_same_image_and_labels(pushed, docker_client, report):
