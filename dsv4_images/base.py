@@ -22,7 +22,7 @@ from pathlib import Path
 
 from docker.errors import APIError, ImageNotFound
 
-from .errors import UserError
+from .errors import UserError, daemon_said
 from .matrix import Target
 
 # The base's own timestamp: fixed, so that rebuilding the base does not depend on the commit.
@@ -52,7 +52,7 @@ def _try_pull(client, ref: str, emit) -> bool:
                 raise APIError(chunk["error"])
         return True
     except APIError as exc:
-        emit(f"base: cannot pull {ref} ({' '.join(str(exc.explanation or exc).split())[:160]})")
+        emit(f"base: cannot pull {ref} ({daemon_said(exc)[:160]})")
         return False
 
 

@@ -14,7 +14,7 @@ import docker
 from docker.errors import APIError, DockerException
 
 from . import REPO_ROOT, base, buildkit, render, reproducible, wheelhouse
-from .errors import UserError
+from .errors import UserError, daemon_said
 from .matrix import Matrix, Target
 from .sources import fetch_sdist
 
@@ -35,7 +35,7 @@ def docker_client():
 
 def explain_daemon_failure(exc: Exception) -> str:
     """What the daemon said, on one line; for a full disk, how much is free where and what frees more."""
-    message = " ".join(str(getattr(exc, "explanation", None) or exc).split())
+    message = daemon_said(exc)
     if "no space left on device" not in message:
         return f"the Docker daemon failed: {message[:300]}"
     root = "/var/lib/docker"  # the default DockerRootDir; the daemon did not say which disk
@@ -212,7 +212,7 @@ def push(client, ref: str, emit=print, attempts: int = PUSH_ATTEMPTS) -> str:
                 return digest
             last = "the registry returned no digest"
         except (APIError, DockerException) as exc:
-            last = " ".join(str(getattr(exc, "explanation", None) or exc).split())
+            last = daemon_said(exc)
         if attempt < attempts:
             emit(f"push of {ref} failed (attempt {attempt}/{attempts}): {last[:200]}; retrying")
             time.sleep(2 * attempt)
