@@ -193,8 +193,9 @@ def _archive(workdir: Path, raw_config: bytes, image: NormalizedImage, tags: lis
     layers on our side (an image.tar) would only add another image's worth of disk; each layer
     file is deleted once it has been sent."""
     config_name = image.config_digest.split(":", 1)[1] + ".json"
-    layer_names = [f"{layer.digest.split(':', 1)[1]}/layer.tar" for layer in image.layers]
-    manifest = json.dumps([{"Config": config_name, "RepoTags": tags, "Layers": layer_names}]).encode()
+    hexes = [layer.digest.split(":", 1)[1] for layer in image.layers]
+    manifest = json.dumps([{"Config": config_name, "RepoTags": tags,
+                            "Layers": [f"{h}/layer.tar" for h in hexes]}]).encode()
 
     def header(name: str, size: int) -> bytes:
         info = tarfile.TarInfo(name)
@@ -203,14 +204,10 @@ def _archive(workdir: Path, raw_config: bytes, image: NormalizedImage, tags: lis
 
     for name, data in ((config_name, raw_config), ("manifest.json", manifest)):
         yield header(name, len(data)) + data + b"\0" * (-len(data) % 512)
-    sent = set()
-    for layer, name in zip(image.layers, layer_names):
-        if name in sent:
-            continue
-        sent.add(name)
-        path = workdir / f"{layer.digest.split(':', 1)[1]}.tar"
+    for h in dict.fromkeys(hexes):  # a layer that repeats is sent once
+        path = workdir / f"{h}.tar"
         size = path.stat().st_size
-        yield header(name, size)
+        yield header(f"{h}/layer.tar", size)
         with open(path, "rb") as f:
             while chunk := f.read(1 << 20):
                 yield chunk
