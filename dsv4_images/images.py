@@ -127,9 +127,9 @@ def plan(matrix: Matrix, target: Target, *, image: str | None = None, owner: str
                    "io.dsv4-flash.patches.applied": build_args["APPLY_PATCHES"]})
     locks = list(render.lock_paths(target).values())
     context = [f"Dockerfile.{target.name}", f"{render.SERVE_DEFAULTS_DIR}/{target.name}.json",
-               "dsv4_images/entrypoint.py", *locks, *[p["file"] for p in target.patches]]
+               "dsv4_images/in_image/entrypoint.py", *locks, *[p["file"] for p in target.patches]]
     if "tiny_model" in target.data:
-        context.append("dsv4_images/tinymodel.py")
+        context.append("dsv4_images/in_image/tinymodel.py")
     notes = []
     if full_rev.endswith("-dirty"):
         notes.append("the work tree has uncommitted changes: the revision label says -dirty")

@@ -142,7 +142,7 @@ def detect(text: str, *, prompt: str = "", finish_reason: str | None = "stop", c
 
 def rule_findings(prompt_last_token: int, token_ids: list[int]) -> list[Finding]:
     """The tiny model's exact rule: every generated token must be next() of the one before it."""
-    from ..tinymodel import next_token, rule_violations
+    from ..in_image.tinymodel import next_token, rule_violations
     bad = rule_violations(prompt_last_token, token_ids)
     if not bad:
         return []

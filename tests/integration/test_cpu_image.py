@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from dsv4_images import REPO_ROOT, matrix, tinymodel
+from dsv4_images import REPO_ROOT, matrix
+from dsv4_images.in_image import tinymodel
 from dsv4_images.verify import client, phase
 
 from .cpu_server import build_cpu_image, container_for, model_dir_for_mounting, serve

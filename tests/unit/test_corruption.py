@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dsv4_images.verify.corruption import SYMPTOMS, detect, rule_findings
-from dsv4_images import tinymodel
+from dsv4_images.in_image import tinymodel
 
 CORPUS = json.loads((Path(__file__).parent.parent / "fixtures" / "corruption_corpus.json").read_text())
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from dsv4_images import entrypoint as ep
-from dsv4_images import matrix, render, tinymodel
+from dsv4_images.in_image import entrypoint as ep
+from dsv4_images.in_image import tinymodel
+from dsv4_images import matrix, render
 
 M = matrix.load()
 

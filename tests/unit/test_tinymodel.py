@@ -6,7 +6,7 @@ import json
 from safetensors import safe_open
 from tokenizers import Tokenizer
 
-from dsv4_images import tinymodel as tm
+from dsv4_images.in_image import tinymodel as tm
 
 
 def test_vocabulary_and_cycle():

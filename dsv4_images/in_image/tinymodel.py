@@ -272,7 +272,7 @@ def write_model(out: Path, seed: int = 0, mtp_noise: float = 0.0, with_mtp: bool
         (out / name).write_text(json.dumps(content, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
     tensors = weights(seed, mtp_noise, with_mtp)
     write_safetensors(out / "model.safetensors", tensors)
-    info = {"generator": "dsv4_images/tinymodel.py", "seed": seed, "mtp_noise": mtp_noise, "with_mtp": with_mtp,
+    info = {"generator": "dsv4_images/in_image/tinymodel.py", "seed": seed, "mtp_noise": mtp_noise, "with_mtp": with_mtp,
             "tensors": len(tensors), "parameters": int(sum(a.size for a in tensors.values())),
             "rule": "next(t) = CYCLE[(CYCLE.index(t) + 1) % len(CYCLE)] for word tokens, CYCLE[t % len(CYCLE)] otherwise",
             "cycle": CYCLE}
