@@ -1,84 +1,90 @@
-"""The build.py command line: a thin layer over the package's modules.
+"""The `dsv4-images` command line (also `python build.py`): one subcommand per job, each with its own --help.
 
-    build.py --arch ARCH [--push] [--tag T] [--image NAME] [--owner O] [--dry-run] [--no-cache] [--unpatched]
-    build.py render [--check]
-    build.py matrix [--json]
-    build.py lock [--arch ARCH] [--dev] [--check]
-    build.py base [--force]
-    build.py patches [--arch ARCH]
-    build.py demo
-    build.py verify --url URL ...
-    build.py repro --arch cpu
-    build.py resolve-digests
+    dsv4-images build --arch ARCH [--push] [--tag T]... [--dry-run] ...
+    dsv4-images render|lock|patches|base|demo|verify|repro|matrix|resolve-digests ...
+    python build.py --arch sm_103a --push      (no subcommand: `build`, as the design promises)
 
-Every expected failure is one line on stderr (`error: ...`) and a non-zero exit, never a traceback.
+Every expected failure is one line on stderr (`error: ...`) and a non-zero exit, never a traceback;
+so are argument errors (exit 2) and an unknown subcommand (named, with the closest valid one).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import difflib
+import os
 import sys
 
-from . import matrix as matrix_mod
+from . import __version__, matrix
 from .errors import UserError
 
-COMMANDS = ("render", "matrix", "lock", "base", "patches", "demo", "verify", "repro", "resolve-digests")
+PROG = "dsv4-images"
 
 
 def _say(line: str) -> None:
     print(line, flush=True)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line (`error: build: the following arguments are required: --arch`)."""
+
+    def error(self, message: str):
+        command = self.prog.split()[-1] if " " in self.prog else ""
+        where = f"{command}: " if command else ""
+        self.exit(2, f"error: {where}{message} (see `{self.prog} --help`)\n")
+
+
+# ---- the subcommands ------------------------------------------------------------------------------
+
 def cmd_build(args) -> int:
-    from . import images
-    m = matrix_mod.load()
-    target = m.resolve(args.arch)
-    p = images.plan(m, target, image=args.image, owner=args.owner, tags=args.tag, push=args.push,
-                    no_cache=args.no_cache, unpatched=args.unpatched, reproducible=args.reproducible or None)
+    from . import builder, docker_client, plan, provenance
+    m = matrix.load()
+    build = plan.make(m, m.resolve(args.arch), provenance.current(), image=args.image, owner=args.owner,
+                      tags=args.tag, push=args.push, no_cache=args.no_cache, unpatched=args.unpatched,
+                      reproducible=args.reproducible or None)
     if args.dry_run:
-        _say(p.as_json() if args.json else p.describe())
+        _say(build.as_json() if args.json else build.describe())
         return 0
-    images.execute(images.docker_client(), m, p, emit=_say)
+    builder.execute(docker_client.connect(), m, build, emit=_say)
     return 0
+
+
+def _report_check(problems: list[str], fix: str, ok: str) -> int:
+    for problem in problems:
+        print(f"error: {problem}; run `{fix}`", file=sys.stderr)
+    if not problems:
+        _say(ok)
+    return 1 if problems else 0
 
 
 def cmd_render(args) -> int:
     from . import render
-    m = matrix_mod.load()
+    m = matrix.load()
     if args.check:
         drifted = render.check(m)
-        for rel in drifted:
-            print(f"error: {rel} differs from what templates/ and matrix.toml produce; run `python build.py render`",
-                  file=sys.stderr)
-        if not drifted:
-            _say(f"render --check: {len(render.render_all(m))} generated files match")
-        return 1 if drifted else 0
+        return _report_check([f"{rel} differs from what templates/ and matrix.toml produce" for rel in drifted],
+                             "python build.py render", f"render --check: {len(render.render_all(m))} generated files match")
     written = render.write(m)
     _say("\n".join(f"wrote {rel}" for rel in written) or "render: everything already up to date")
     return 0
 
 
 def cmd_matrix(args) -> int:
-    m = matrix_mod.load()
+    m = matrix.load()
     if args.json:
         _say(m.as_json(kind=args.kind, compact=args.compact))
     else:
         for t in m.targets.values():
-            _say(f"{t.name:6} {t['description']}  [{', '.join(t['aliases'])}]")
+            _say(f"{t.name:6} {t.description}  [{', '.join(t.aliases)}]")
     return 0
 
 
 def cmd_lock(args) -> int:
     from . import locks
-    m = matrix_mod.load()
+    m = matrix.load()
     if args.check:
-        out = locks.stale(m)
-        for rel in out:
-            print(f"error: {rel} is stale with respect to matrix.toml; run `python build.py lock`", file=sys.stderr)
-        if not out:
-            _say("lock --check: every lock matches matrix.toml")
-        return 1 if out else 0
+        return _report_check([f"{rel} is stale with respect to matrix.toml" for rel in locks.stale(m)],
+                             "python build.py lock", "lock --check: every lock matches matrix.toml")
     if args.dev:
         locks.write_dev_lock(progress=_say)
         return 0
@@ -89,17 +95,15 @@ def cmd_lock(args) -> int:
 
 
 def cmd_base(args) -> int:
-    from . import base, images
-    m = matrix_mod.load()
-    target = m.resolve(args.arch)
-    ref = base.ensure_base(images.docker_client(), target, _say, force_bootstrap=args.force)
-    _say(f"base for {target.name}: {ref}")
+    from . import base, docker_client
+    target = matrix.load().resolve(args.arch)
+    _say(f"base for {target.name}: {base.ensure_base(docker_client.connect(), target, _say, force_bootstrap=args.force)}")
     return 0
 
 
 def cmd_patches(args) -> int:
     from . import patches
-    m = matrix_mod.load()
+    m = matrix.load()
     targets = [m.resolve(args.arch)] if args.arch else list(m.targets.values())
     for line in patches.check_targets(targets, progress=_say):
         _say(line)
@@ -118,98 +122,132 @@ def cmd_verify(args) -> int:
 
 def cmd_repro(args) -> int:
     from . import repro
-    m = matrix_mod.load()
+    m = matrix.load()
     return repro.main(m, m.resolve(args.arch), emit=_say)
 
 
 def cmd_resolve_digests(args) -> int:
     from . import digests
-    return digests.main(matrix_mod.load(), emit=_say)
+    return digests.main(matrix.load(), emit=_say)
 
 
-def parser_for(command: str | None) -> argparse.ArgumentParser:
-    if command is None:
-        p = argparse.ArgumentParser(prog="build.py", description="Build (and push) one target's image.",
-                                    epilog=f"other commands: {', '.join(COMMANDS)} (build.py COMMAND --help)")
-        p.add_argument("--arch", required=True, help="target or alias: sm_100a, sm_103a, sm_120, cpu, ...")
-        p.add_argument("--push", action="store_true", help="push every tag after the build")
-        p.add_argument("--tag", action="append", help="tag (repeatable); replaces the default tags")
-        p.add_argument("--image", help="image repository (default ghcr.io/<owner>/dsv4-flash)")
-        p.add_argument("--owner", help="owner in the default image name (or $DSV4_OWNER)")
-        p.add_argument("--dry-run", action="store_true", help="print the plan; needs no daemon")
-        p.add_argument("--no-cache", action="store_true", help="build without the layer cache")
-        p.add_argument("--unpatched", action="store_true", help="build without the target's patches (tests)")
-        p.add_argument("--reproducible", action="store_true",
-                       help="rewrite timestamps to SOURCE_DATE_EPOCH after the build (always on with --push)")
-        p.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
-        p.set_defaults(func=cmd_build)
-        return p
-    p = argparse.ArgumentParser(prog=f"build.py {command}")
-    if command == "render":
-        p.add_argument("--check", action="store_true", help="fail when a committed generated file drifts")
-        p.set_defaults(func=cmd_render)
-    elif command == "matrix":
-        p.add_argument("--json", action="store_true", help="the CI matrix as JSON")
-        p.add_argument("--kind", choices=["cuda", "cpu"], help="only targets of this kind")
-        p.add_argument("--compact", action="store_true", help="one line (for $GITHUB_OUTPUT)")
-        p.set_defaults(func=cmd_matrix)
-    elif command == "lock":
-        p.add_argument("--arch")
-        p.add_argument("--dev", action="store_true", help="lock requirements/dev.txt instead")
-        p.add_argument("--check", action="store_true", help="fail when a lock is stale")
-        p.set_defaults(func=cmd_lock)
-    elif command == "base":
-        p.add_argument("--arch", default="cpu")
-        p.add_argument("--force", action="store_true", help="bootstrap even if the pinned base can be had")
-        p.set_defaults(func=cmd_base)
-    elif command == "patches":
-        p.add_argument("--arch")
-        p.set_defaults(func=cmd_patches)
-    elif command == "demo":
-        p.add_argument("--keep", action="store_true", help="leave the server running")
-        p.add_argument("--port", type=int, default=8000)
-        p.set_defaults(func=cmd_demo)
-    elif command == "verify":
-        from .verify.command import add_arguments
-        add_arguments(p)
-        p.set_defaults(func=cmd_verify)
-    elif command == "repro":
-        p.add_argument("--arch", default="cpu")
-        p.set_defaults(func=cmd_repro)
-    elif command == "resolve-digests":
-        p.set_defaults(func=cmd_resolve_digests)
-    return p
+# ---- the parser ---------------------------------------------------------------------------------
+
+def _build_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", required=True, help="target or alias: sm_100a, sm_103a, sm_120, cpu, ...")
+    p.add_argument("--push", action="store_true", help="push every tag after the build")
+    p.add_argument("--tag", action="append", help="tag (repeatable); replaces the default tags")
+    p.add_argument("--image", help="image repository (default ghcr.io/<owner>/dsv4-flash)")
+    p.add_argument("--owner", help="owner in the default image name (or $DSV4_OWNER)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan; needs no daemon")
+    p.add_argument("--no-cache", action="store_true", help="build without the layer cache")
+    p.add_argument("--unpatched", action="store_true", help="build without the target's patches (tests)")
+    p.add_argument("--reproducible", action="store_true",
+                   help="rewrite timestamps to SOURCE_DATE_EPOCH after the build (always on with --push)")
+    p.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
 
 
-def _daemon_failure(exc: Exception) -> str | None:
-    """One line for a failure the Docker daemon reported mid-way (a full disk, a lost connection)."""
-    from docker.errors import DockerException
-    from requests import RequestException
-    if not isinstance(exc, (DockerException, RequestException)):
-        return None
-    from . import images
-    return images.explain_daemon_failure(exc)
+def _verify_arguments(p: argparse.ArgumentParser) -> None:
+    from .verify.command import add_arguments
+    add_arguments(p)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv[0] if argv and argv[0] in COMMANDS else None
-    args = parser_for(command).parse_args(argv[1:] if command else argv)
+SUBCOMMANDS = {  # name -> (help, arguments, handler)
+    "build": ("build (and push) one target's image", _build_arguments, cmd_build),
+    "render": ("regenerate Dockerfile.<target> and serve_defaults/ from templates/ and matrix.toml",
+               lambda p: p.add_argument("--check", action="store_true",
+                                        help="fail, naming the file, when a committed generated file drifts"),
+               cmd_render),
+    "lock": ("re-resolve the hash-locked requirements (uv) after a matrix change", lambda p: (
+        p.add_argument("--arch", help="one target only"),
+        p.add_argument("--dev", action="store_true", help="lock requirements/dev.txt instead"),
+        p.add_argument("--check", action="store_true", help="fail when a lock is stale")), cmd_lock),
+    "patches": ("apply every target's patch series to the pinned vLLM source",
+                lambda p: p.add_argument("--arch", help="one target only"), cmd_patches),
+    "base": ("make the cpu target's Debian base (pull by digest, else mmdebstrap)", lambda p: (
+        p.add_argument("--arch", default="cpu"),
+        p.add_argument("--force", action="store_true", help="bootstrap even if the pinned base can be had")), cmd_base),
+    "demo": ("build the cpu image, serve the tiny MTP model, print acceptance and corrupted-output counts", lambda p: (
+        p.add_argument("--keep", action="store_true", help="leave the server running"),
+        p.add_argument("--port", type=int, default=8000)), cmd_demo),
+    "verify": ("verify a running deployment: MTP fires, acceptance, no corrupted output", _verify_arguments,
+               cmd_verify),
+    "repro": ("build twice without the layer cache and compare bit for bit",
+              lambda p: p.add_argument("--arch", default="cpu"), cmd_repro),
+    "matrix": ("list the targets, or the CI matrix as JSON", lambda p: (
+        p.add_argument("--json", action="store_true", help="the CI matrix as JSON"),
+        p.add_argument("--kind", choices=["cuda", "cpu"], help="only targets of this kind"),
+        p.add_argument("--compact", action="store_true", help="one line (for $GITHUB_OUTPUT)")), cmd_matrix),
+    "resolve-digests": ("re-check the pinned base digests against the registry (where one is reachable)",
+                        lambda p: None, cmd_resolve_digests),
+}
+
+
+def _versions() -> str:
     try:
+        by_vllm: dict[str, list[str]] = {}
+        for t in matrix.load().targets.values():
+            by_vllm.setdefault(f"{t.vllm.package or 'vllm'} {t.vllm.version}", []).append(t.name)
+        pins = "; ".join(f"{v}: {', '.join(names)}" for v, names in by_vllm.items())
+    except UserError as exc:
+        pins = f"matrix unreadable: {exc}"
+    return f"{PROG} {__version__} ({pins})"
+
+
+def parser(prog: str = PROG) -> argparse.ArgumentParser:
+    top = _Parser(prog=prog, description="Build, publish and verify the dsv4-flash images (see README.md).")
+    top.add_argument("--version", action="version", version=_versions())
+    sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (help_text, arguments, handler) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        arguments(p)
+        p.set_defaults(func=handler)
+    return top
+
+
+def _normalize(argv: list[str]) -> list[str]:
+    """`build.py --arch X ...` (no subcommand) means `build --arch X ...`; an unknown subcommand is one line."""
+    if not argv:
+        return argv
+    first = argv[0]
+    if first.startswith("-"):
+        return argv if first in ("-h", "--help", "--version") else ["build", *argv]
+    if first not in SUBCOMMANDS:
+        close = difflib.get_close_matches(first, SUBCOMMANDS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise UserError(f"unknown command '{first}'{hint} (commands: {', '.join(SUBCOMMANDS)})", exit_code=2)
+    return argv
+
+
+def _run(argv: list[str], prog: str) -> int:
+    try:
+        top = parser(prog)
+        args = top.parse_args(_normalize(argv))
+        if not getattr(args, "func", None):
+            top.print_help()
+            return 2
         return args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except Exception as exc:  # noqa: BLE001 - only the daemon's own failures become one line
-        line = _daemon_failure(exc)
-        if line is None:
-            raise
-        print(f"error: {line}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `build.py ... | head`: the reader went away, which is not an error
-        import os
+    except Exception as exc:  # noqa: BLE001 - only the Docker daemon's own failures become one line
+        from . import docker_client
+        if not docker_client.is_daemon_failure(exc):
+            raise  # our own bugs keep their traceback
+        print(f"error: {docker_client.explain_failure(exc)}", file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    try:
+        code = _run(list(sys.argv[1:] if argv is None else argv), prog)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # `dsv4-images matrix --json | head -1`: the reader went away, which is not an error. Point stdout
+        # at /dev/null so the interpreter's own flush at exit does not complain either.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

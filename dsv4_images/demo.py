@@ -7,9 +7,8 @@ its acceptance, and how many outputs were corrupted.
 
 from __future__ import annotations
 
-from . import images, matrix
-from .errors import UserError
-from .verify import client, health, phase
+from . import builder, docker_client, matrix, plan, provenance, serving
+from .verify import client, phase
 
 PROMPTS = ["def fibonacci(n):", "Write a haiku about the sea.", "The capital of France is",
            "Explain speculative decoding in one sentence.", "用一句话介绍你自己。", "import numpy as np\n"]
@@ -23,23 +22,15 @@ def demo_requests(temperature: float) -> list[client.Request]:
 def main(args, emit=print) -> int:
     m = matrix.load()
     target = m.resolve("cpu")
-    docker = images.docker_client()
-    p = images.plan(m, target)
-    images.execute(docker, m, p, emit=emit)
-    container = docker.containers.run(p.tags[0], detach=True, shm_size="1g", ports={"8000/tcp": ("127.0.0.1", args.port)},
-                                      name=f"dsv4-flash-demo-{args.port}", remove=False)
-    url = f"http://127.0.0.1:{args.port}"
+    p = plan.make(m, target, provenance.current())
+    builder.execute(docker_client.connect(), m, p, emit=emit)
+    name = f"dsv4-flash-demo-{args.port}"
+    c = serving.container(p.tags[0], host_port=("127.0.0.1", args.port)).with_name(name)
+    emit(f"starting {p.tags[0]} as {name}; waiting for http://127.0.0.1:{args.port}/health")
+    server = serving.start(c, timeout=900)
+    url, model = server.url, server.model
     try:
-        emit(f"started {p.tags[0]} as {container.name}; waiting for {url}/health")
-
-        def running() -> bool:
-            container.reload()
-            return container.status == "running"
-
-        seconds = health.wait_healthy(url, running, timeout=900,
-                                      describe_failure=lambda: ": " + container.logs(tail=5).decode(errors="replace"))
-        model = client.served_model(url)
-        emit(f"healthy after {seconds:.0f}s, serving {model}")
+        emit(f"healthy after {server.start_to_healthy_s:.0f}s, serving {model}")
         total_corrupted = 0
         for temperature in (0.0, 0.8):
             for concurrency in (1, 4):
@@ -56,10 +47,8 @@ def main(args, emit=print) -> int:
         emit("verdict: " + ("MTP fires and no output is corrupted" if total_corrupted == 0
                             else f"{total_corrupted} corrupted outputs"))
         if args.keep:
-            emit(f"left running: {url} (docker rm -f {container.name} to stop)")
+            emit(f"left running: {url} (docker rm -f {name} to stop)")
         return 0 if total_corrupted == 0 else 1
-    except UserError:
-        raise
     finally:
         if not args.keep:
-            container.remove(force=True)
+            serving.stop(c)

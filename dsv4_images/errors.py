@@ -7,8 +7,3 @@ class UserError(Exception):
     def __init__(self, message: str, exit_code: int = 1):
         super().__init__(message)
         self.exit_code = exit_code
-
-
-def daemon_said(exc: Exception) -> str:
-    """What a Docker error says, on one line (the daemon's own explanation when it gave one)."""
-    return " ".join(str(getattr(exc, "explanation", None) or exc).split())

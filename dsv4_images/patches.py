@@ -8,7 +8,6 @@ names the patch and the file.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import subprocess
 import tempfile
@@ -17,17 +16,16 @@ from pathlib import Path
 
 from . import REPO_ROOT, wheelhouse
 from .errors import UserError
-from .matrix import Target
-from .render import lock_paths
+from .checksums import sha256_file
+from .matrix import Patch, Target
 from .sources import extract, fetch_sdist
 
 
-def verify_checksum(patch: dict, root: Path = REPO_ROOT) -> Path:
-    path = root / patch["file"]
-    actual = hashlib.sha256(path.read_bytes()).hexdigest()
-    if actual != patch["sha256"]:
-        raise UserError(f"checksum mismatch for {patch['file']}: matrix.toml pins sha256 {patch['sha256']}, "
-                        f"the file has {actual}")
+def verify_checksum(patch: Patch, root: Path = REPO_ROOT) -> Path:
+    path = root / patch.file
+    actual = sha256_file(path)
+    if actual != patch.sha256:
+        raise UserError(f"checksum mismatch for {patch.file}: matrix.toml pins sha256 {patch.sha256}, the file has {actual}")
     return path
 
 
@@ -45,16 +43,17 @@ def header(patch_text: str) -> str:
     return patch_text.split("\n--- ", 1)[0]
 
 
-def check_policy(patch: dict, text: str) -> None:
+def check_policy(name: str, text: str) -> None:
+    """Patches touch Python files under vllm/ only and name the upstream PR or issue that tracks them."""
     files = touched_files(text)
     if not files:
-        raise UserError(f"{patch['file']}: contains no diff")
+        raise UserError(f"{name}: contains no diff")
     wrong = [f for f in files if not (f.startswith("vllm/") and f.endswith(".py"))]
     if wrong:
-        raise UserError(f"{patch['file']}: touches {', '.join(wrong)}; patches must be Python files under vllm/ "
+        raise UserError(f"{name}: touches {', '.join(wrong)}; patches must be Python files under vllm/ "
                         "(they are applied after the CUDA compile stage)")
     if not re.search(r"(?im)^(tracked upstream|upstream):", header(text)):
-        raise UserError(f"{patch['file']}: its header must say which upstream PR or issue tracks it ('Tracked upstream: ...')")
+        raise UserError(f"{name}: its header must say which upstream PR or issue tracks it ('Tracked upstream: ...')")
 
 
 def apply_patch(patch_path: Path, tree: Path, name: str) -> list[str]:
@@ -74,14 +73,13 @@ def apply_patch(patch_path: Path, tree: Path, name: str) -> list[str]:
 
 def pristine_tree(target: Target, dest: Path, progress=print) -> Path:
     """An unpacked copy of what the target's patches apply to."""
-    vllm = target["vllm"]
-    if vllm["source"] == "sdist":
+    if target.vllm.source == "sdist":
         return extract(fetch_sdist(target, progress), dest)
-    lock = wheelhouse.resolve_lock(REPO_ROOT / lock_paths(target)["runtime"], target["toolchain"]["python"],
-                                   target["toolchain"]["wheel_platform"])
-    wheel = next((f for f in lock if f.project == vllm["package"]), None)
+    runtime_lock = target.lock_paths["runtime"]
+    lock = wheelhouse.resolve_lock(REPO_ROOT / runtime_lock, target.toolchain.python, target.toolchain.wheel_platform)
+    wheel = next((f for f in lock if f.project == target.vllm.package), None)
     if wheel is None:
-        raise UserError(f"{lock_paths(target)['runtime']} does not lock {vllm['package']}")
+        raise UserError(f"{runtime_lock} does not lock {target.vllm.package}")
     path = wheelhouse.download(wheel)
     root = dest / "site-packages"
     with zipfile.ZipFile(path) as zf:
@@ -94,10 +92,10 @@ def apply_series(target: Target, tree: Path, patch_files: list[tuple[str, Path]]
     """Apply the target's series (or the given (name, path) list) in order; returns report lines."""
     lines = []
     series = patch_files if patch_files is not None else \
-        [(Path(p["file"]).name, verify_checksum(p)) for p in target.patches]
+        [(p.name, verify_checksum(p)) for p in target.patches]
     for name, path in series:
         text = path.read_text()
-        check_policy({"file": name}, text)
+        check_policy(name, text)
         patched = apply_patch(path, tree, name)
         lines.append(f"{target.name}: {name} applies cleanly ({', '.join(patched)})")
     return lines

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 
-from . import REPO_ROOT, images, reproducible
+from . import REPO_ROOT, base, builder, docker_client, plan, provenance, reproducible
 from .matrix import Matrix, Target
 
 
@@ -49,16 +49,16 @@ def compare(a: reproducible.NormalizedImage, b: reproducible.NormalizedImage, li
 
 
 def build_and_scan(client, matrix: Matrix, target: Target, tag: str, emit) -> tuple[reproducible.NormalizedImage, float]:
-    plan = images.plan(matrix, target, image="dsv4-flash-repro", tags=[tag], no_cache=True)
+    build = plan.make(matrix, target, provenance.current(), image="dsv4-flash-repro", tags=[tag], no_cache=True)
     started = time.monotonic()
-    images.execute(client, matrix, plan, emit=lambda line: None if line.startswith("#") else emit(line))
+    builder.execute(client, matrix, build, emit=lambda line: None if line.startswith("#") else emit(line))
     seconds = time.monotonic() - started
-    epoch = int(plan.build_args["SOURCE_DATE_EPOCH"])
-    return reproducible.normalize(client, plan.tags[0], epoch, index=True, progress=emit), seconds
+    return reproducible.normalize(client, build.tags[0], build.provenance.epoch, base.base_epoch(target), index=True,
+                                  progress=emit), seconds
 
 
 def main(matrix: Matrix, target: Target, emit=print, first: reproducible.NormalizedImage | None = None) -> int:
-    client = images.docker_client()
+    client = docker_client.connect()
     results, seconds = [], []
     for tag in ("a", "b"):
         emit(f"repro: build {tag} of {target.name} without the layer cache")

@@ -8,28 +8,25 @@ runs (the build uses host networking). pip in the build verifies the hashes agai
 
 from __future__ import annotations
 
-import hashlib
 import html
-import json
 import os
 import re
 import threading
-import urllib.error
-import urllib.parse
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import requests
 from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import canonicalize_name, parse_sdist_filename, parse_wheel_filename
+from pypi_simple import (DistributionPackage, NoSuchProjectError, PyPISimple, UnsupportedContentTypeError,
+                         UnsupportedRepoVersionError)
 
+from . import download as downloads
 from .errors import UserError
 
 PYPI_SIMPLE = os.environ.get("DSV4_PYPI_SIMPLE_URL", "https://pypi.org/simple")
-CACHE = Path(os.environ.get("DSV4_CACHE", Path.home() / ".cache" / "dsv4-flash"))
 DEFAULT_SERVER_PORT = int(os.environ.get("DSV4_WHEEL_SERVER_PORT", "38071"))
 LEGACY_MANYLINUX = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
 
@@ -50,7 +47,7 @@ class LockedFile:
 
     @property
     def path(self) -> Path:
-        return CACHE / "files" / self.sha256[:2] / self.sha256 / self.filename
+        return downloads.CACHE / "files" / self.sha256[:2] / self.sha256 / self.filename
 
 
 def parse_lock(text: str, source: str) -> list[Requirement]:
@@ -81,59 +78,28 @@ def supported_tags(python: str, platform: str) -> list[Tag]:
             *compatible_tags((major, minor), interpreter=f"cp{major}{minor}", platforms=platforms)]
 
 
-class _LinkParser(HTMLParser):
-    """The file links of a PEP 503 (HTML) project page."""
-
-    def __init__(self, base_url: str):
-        super().__init__()
-        self.base_url, self.files, self._href = base_url, [], None
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "a":
-            self._href = dict(attrs).get("href")
-
-    def handle_data(self, data):
-        if self._href is not None:
-            url, _, fragment = urllib.parse.urljoin(self.base_url, self._href).partition("#")
-            hashes = dict([fragment.split("=", 1)]) if "=" in fragment else {}
-            self.files.append({"filename": data.strip(), "url": url, "hashes": hashes})
-            self._href = None
-
-
-def _simple_index(project: str) -> list[dict]:
-    """The project's files from the simple index: PEP 691 JSON when the index offers it, else PEP 503 HTML."""
-    url = f"{PYPI_SIMPLE}/{project}/"
-    request = urllib.request.Request(url, headers={
-        "Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"})
+def _simple_index(project: str) -> list[DistributionPackage]:
+    """The project's files from the simple index, read by pypi-simple (PEP 691 JSON or PEP 503 HTML)."""
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            body, content_type = response.read(), response.headers.get_content_type()
-            base_url = response.geturl()
-        if content_type.endswith("json"):
-            return json.loads(body)["files"]
-        parser = _LinkParser(base_url)
-        parser.feed(body.decode("utf-8"))
-        if not parser.files:
-            raise ValueError(f"a {content_type} page with no file links")
-        return parser.files
-    except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
+        with PyPISimple(endpoint=f"{PYPI_SIMPLE.rstrip('/')}/") as index:
+            return index.get_project_page(project, timeout=60).packages
+    except (requests.RequestException, NoSuchProjectError, UnsupportedContentTypeError, UnsupportedRepoVersionError,
+            ValueError) as exc:
         raise UserError(f"cannot read the package index for {project} at {PYPI_SIMPLE}: {exc}") from None
 
 
-def select_file(req: Requirement, files: list[dict], tags: list[Tag]) -> LockedFile:
+def select_file(req: Requirement, files: list[DistributionPackage], tags: list[Tag]) -> LockedFile:
     """The best-ranked file of this version whose sha256 the lock allows (a wheel, else the sdist)."""
     rank = {tag: i for i, tag in enumerate(tags)}
-    best: tuple[int, dict] | None = None
+    best: tuple[int, DistributionPackage] | None = None
     for f in files:
-        digest = f.get("hashes", {}).get("sha256")
-        if digest not in req.hashes:
+        if f.digests.get("sha256") not in req.hashes:
             continue
-        name = f["filename"]
-        if name.endswith(".whl"):
-            _, version, _, file_tags = parse_wheel_filename(name)
+        if f.filename.endswith(".whl"):
+            _, version, _, file_tags = parse_wheel_filename(f.filename)
             score = min((rank[t] for t in file_tags if t in rank), default=None)
-        elif name.endswith((".tar.gz", ".zip")):
-            _, version = parse_sdist_filename(name)
+        elif f.filename.endswith((".tar.gz", ".zip")):
+            _, version = parse_sdist_filename(f.filename)
             score = len(rank) + 1
         else:
             continue
@@ -142,29 +108,12 @@ def select_file(req: Requirement, files: list[dict], tags: list[Tag]) -> LockedF
     if best is None:
         raise UserError(f"no file of {req.name}=={req.version} matches the lock's hashes for this platform")
     f = best[1]
-    return LockedFile(req.name, f["filename"], f["url"], f["hashes"]["sha256"])
+    return LockedFile(req.name, f.filename, f.url, f.digests["sha256"])
 
 
 def download(item: LockedFile) -> Path:
     """Download once into the content-addressed cache; a sha256 mismatch is an error, never kept."""
-    if item.path.is_file():
-        return item.path
-    item.path.parent.mkdir(parents=True, exist_ok=True)
-    partial = item.path.with_name(item.path.name + ".part")
-    digest = hashlib.sha256()
-    try:
-        with urllib.request.urlopen(item.url, timeout=120) as response, open(partial, "wb") as out:
-            while chunk := response.read(1 << 20):
-                digest.update(chunk)
-                out.write(chunk)
-    except (urllib.error.URLError, OSError) as exc:
-        partial.unlink(missing_ok=True)
-        raise UserError(f"download of {item.filename} failed: {exc}") from None
-    if digest.hexdigest() != item.sha256:
-        partial.unlink(missing_ok=True)
-        raise UserError(f"checksum mismatch for {item.filename}: expected sha256 {item.sha256}, got {digest.hexdigest()}")
-    partial.rename(item.path)
-    return item.path
+    return downloads.verified(item.url, item.sha256, item.path, timeout=120)
 
 
 def resolve_lock(lock_path: Path, python: str, platform: str) -> list[LockedFile]:
@@ -179,18 +128,10 @@ def fetch(files: list[LockedFile], progress=print) -> int:
     """Download what is missing; returns the total size in bytes."""
     missing = [f for f in files if not f.path.is_file()]
     if missing:
-        progress(f"downloading {len(missing)} of {len(files)} locked files into {CACHE / 'files'}")
+        progress(f"downloading {len(missing)} of {len(files)} locked files into {downloads.CACHE / 'files'}")
     with ThreadPoolExecutor(6) as pool:
         list(pool.map(download, missing))
     return sum(f.path.stat().st_size for f in files)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class LoopbackIndex:

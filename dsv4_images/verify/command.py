@@ -83,7 +83,7 @@ def main(args, emit=print) -> int:
     baseline_model = client.served_model(args.baseline_url) if args.baseline_url else None
     m = matrix.load()
     cpu = m.resolve("cpu")
-    rule = model == cpu["serve"].get("served_model_name")
+    rule = model == cpu.serve.served_model_name
     if args.arch:
         target = m.resolve(args.arch)
     elif rule:
@@ -98,7 +98,7 @@ def main(args, emit=print) -> int:
          f"{'; tiny-model rule checked on every token' if rule else ''}")
     phases = runner.run(args.url, model, selected, concurrencies, args.max_tokens, args.temperature, rule,
                         args.baseline_url, baseline_model, emit)
-    th = target["thresholds"]
+    th = target.thresholds.model_dump()
     failures = runner.judge(phases, th)
     report = {
         "version": 1, "created": runner.now(), "url": args.url, "model": model, "baseline_url": args.baseline_url,

@@ -8,14 +8,17 @@ corruption detectors run on every output as well.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 
 import pytest
+from testcontainers.core.wait_strategies import HealthcheckWaitStrategy
 
 from dsv4_images import REPO_ROOT, matrix
 from dsv4_images.in_image import tinymodel
+from dsv4_images.serving import container, start, stop
 from dsv4_images.verify import client, phase
 
 from .cpu_server import build_cpu_image, container_for, model_dir_for_mounting, serve
@@ -23,8 +26,8 @@ from .cpu_server import build_cpu_image, container_for, model_dir_for_mounting, 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.network]
 
 TARGET = matrix.load().resolve("cpu")
-K = TARGET["serve"]["num_speculative_tokens"]
-MIN_ACCEPTANCE = min(TARGET["thresholds"]["min_acceptance"].values())
+K = TARGET.serve.num_speculative_tokens
+MIN_ACCEPTANCE = min(TARGET.thresholds.min_acceptance.values())
 PROMPTS = ["def fibonacci(n):", "The quick brown fox", "import os\nimport sys\n", "Hello world",
            "class Stack:\n    def __init__(self", "Write a haiku about autumn.", "用一句话介绍你自己。", " apple"]
 MAX_TOKENS = 48
@@ -73,7 +76,7 @@ def test_image_carries_the_expected_labels(docker_client, cpu_image):
     for key, value in expected.items():
         assert labels.get(key) == value, key
     assert labels["io.dsv4-flash.patches.applied"] == "1"
-    assert labels["io.dsv4-flash.patch.0001-cpu-expand-kernel-keeps-float-outputs.sha256"] == TARGET.patches[0]["sha256"]
+    assert labels["io.dsv4-flash.patch.0001-cpu-expand-kernel-keeps-float-outputs.sha256"] == TARGET.patches[0].sha256
     assert labels["org.opencontainers.image.base.name"].startswith(("debian:bookworm-slim@sha256:", "dsv4-flash-base:"))
 
 
@@ -135,14 +138,10 @@ def test_patched_outputs_are_not_corrupted(mtp_server, report, temperature, conc
 
 
 def test_healthcheck_reports_healthy(mtp_server):
-    container = mtp_server.docker
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        container.reload()
-        if container.attrs["State"].get("Health", {}).get("Status") == "healthy":
-            break
-        time.sleep(3)
-    assert container.attrs["State"]["Health"]["Status"] == "healthy"
+    """The image's own HEALTHCHECK (the entrypoint's --healthcheck) reports healthy, as Docker sees it."""
+    HealthcheckWaitStrategy().with_startup_timeout(90).with_poll_interval(3).wait_until_ready(mtp_server.container)
+    mtp_server.docker.reload()
+    assert mtp_server.docker.attrs["State"]["Health"]["Status"] == "healthy"
 
 
 # ---- MTP off: greedy outputs must be identical ------------------------------------------------
@@ -221,36 +220,38 @@ def test_verify_against_an_address_where_nothing_listens_is_one_line():
 
 @pytest.mark.parametrize("target", ["sm100", "sm120"])
 def test_verify_a_gpu_image_with_the_card_thresholds(target, gpu_images, request, tmp_path):
-    """Runs only with --image TARGET=IMAGE on a machine whose GPUs match the target."""
+    """Runs with --image TARGET=IMAGE on a machine whose GPUs match the target. On the workflow's GPU
+    runners DSV4_REQUIRE_GPU=1 turns every reason to skip into a failure."""
     import shutil
+
+    def cannot(reason: str):
+        if os.environ.get("DSV4_REQUIRE_GPU", "") not in ("", "0"):
+            pytest.fail(f"DSV4_REQUIRE_GPU is set but {reason}")
+        pytest.skip(reason)
+
     image = gpu_images.get(target)
     if not image:
-        pytest.skip(f"no {target} image given (pytest --image {target}=IMAGE)")
-    wanted = matrix.load().resolve(target)["compute_capabilities"]
+        cannot(f"no {target} image given (pytest --image {target}=IMAGE)")
+    wanted = matrix.load().resolve(target).compute_capabilities
     if shutil.which("nvidia-smi") is None:
-        pytest.skip(f"no NVIDIA GPU here (nvidia-smi not found); {target} needs compute capability {'/'.join(wanted)}")
+        cannot(f"no NVIDIA GPU here (nvidia-smi not found); {target} needs compute capability {'/'.join(wanted)}")
     caps = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True,
                           text=True).stdout.split()
-    tp = matrix.load().resolve(target)["serve"]["tensor_parallel_size"]
+    tp = matrix.load().resolve(target).serve.tensor_parallel_size
     if sum(c in wanted for c in caps) < tp:
-        pytest.skip(f"{target} needs {tp} GPUs of compute capability {'/'.join(wanted)}; found {caps or 'none'}")
+        cannot(f"{target} needs {tp} GPUs of compute capability {'/'.join(wanted)}; found {caps or 'none'}")
     from docker.types import DeviceRequest, Ulimit
-    from testcontainers.core.container import DockerContainer
-    from dsv4_images.verify import health
-    c = (DockerContainer(image).with_exposed_ports(8000)
-         .with_volume_mapping(request.config.getoption("--hf-cache"), "/home/dsv4/.cache/huggingface", "rw")
-         .with_kwargs(device_requests=[DeviceRequest(count=-1, capabilities=[["gpu"]])], ipc_mode="host",
-                      ulimits=[Ulimit(name="memlock", soft=-1, hard=-1), Ulimit(name="stack", soft=67108864, hard=67108864)]))
-    c.start()
+    c = container(image, shm_size=None,  # --ipc=host: the host's /dev/shm
+                  device_requests=[DeviceRequest(count=-1, capabilities=[["gpu"]])], ipc_mode="host",
+                  ulimits=[Ulimit(name="memlock", soft=-1, hard=-1), Ulimit(name="stack", soft=67108864, hard=67108864)]
+                  ).with_volume_mapping(request.config.getoption("--hf-cache"), "/home/dsv4/.cache/huggingface", "rw")
+    server = start(c, timeout=3600)
     try:
-        url = f"http://{c.get_container_host_ip()}:{c.get_exposed_port(8000)}"
-        health.wait_healthy(url, lambda: (c.get_wrapped_container().reload() or True)
-                            and c.get_wrapped_container().status == "running", timeout=3600)
-        result = verify("--url", url, "--arch", target, "--concurrency", "1,4", "--max-tokens", "2048",
+        result = verify("--url", server.url, "--arch", target, "--concurrency", "1,4", "--max-tokens", "2048",
                         "--json", str(tmp_path / f"verify-{target}.json"))
         assert result.returncode == 0, result.stdout[-4000:]
     finally:
-        c.stop()
+        stop(c)
 
 
 # ---- stopping ---------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import time
 import pytest
 from docker import errors as docker_errors
 
-from dsv4_images import REPO_ROOT, images, matrix, repro, reproducible
+from dsv4_images import REPO_ROOT, base, matrix, plan, provenance, publish, repro, reproducible
 from dsv4_images.errors import UserError
 
 from ..conftest import need
@@ -58,13 +58,13 @@ def pushed(local_registry, docker_client, report):
 
 
 def test_push_then_pull_back_by_digest_gives_the_same_image_and_labels(pushed, docker_client, report):
-    plan = images.plan(matrix.load(), TARGET, image=pushed["image"])
-    assert set(pushed["digests"]) == set(plan.tags)
+    build = plan.make(matrix.load(), TARGET, provenance.current(), image=pushed["image"])
+    assert set(pushed["digests"]) == set(build.tags)
     assert len(set(pushed["digests"].values())) == 1  # every tag names the same manifest
-    local = docker_client.images.get(plan.tags[0])
+    local = docker_client.images.get(build.tags[0])
     assert local.id == pushed["config_digest"]
     labels = local.labels
-    for tag in plan.tags:
+    for tag in build.tags:
         docker_client.images.remove(tag, force=True)
     digest = next(iter(pushed["digests"].values()))
     started = time.monotonic()
@@ -72,10 +72,10 @@ def test_push_then_pull_back_by_digest_gives_the_same_image_and_labels(pushed, d
     report["push"]["pull_s"] = round(time.monotonic() - started, 1)
     assert pulled.id == pushed["config_digest"]
     assert pulled.labels == labels
-    for key, value in plan.labels.items():
+    for key, value in build.labels.items():
         if key not in ("org.opencontainers.image.created",):
             assert pulled.labels[key] == value, key
-    assert pulled.attrs["Created"].startswith(plan.labels["org.opencontainers.image.created"][:19])
+    assert pulled.attrs["Created"].startswith(build.labels["org.opencontainers.image.created"][:19])
 
 
 # Labels that record the build's inputs: if these differ, the rebuild did not start from the same inputs.
@@ -92,7 +92,7 @@ def test_a_no_cache_rebuild_reproduces_the_pushed_image_bit_for_bit(pushed, dock
     if second.config_digest != pushed["config_digest"]:
         # The pushed image is already normalized; normalizing it again (idempotent) indexes its files.
         ref = f"{pushed['image']}@{next(iter(pushed['digests'].values()))}"
-        first = reproducible.normalize(docker_client, ref, int(images.source_date_epoch()), index=True)
+        first = reproducible.normalize(docker_client, ref, provenance.current().epoch, base.base_epoch(TARGET), index=True)
         labels = [(first.config["config"]["Labels"].get(k), second.config["config"]["Labels"].get(k)) for k in INPUT_LABELS]
         changed = [f"{k}: {a} != {b}" for k, (a, b) in zip(INPUT_LABELS, labels) if a != b]
         assert not changed, f"the inputs changed between the push and the rebuild (work tree edited during the test?): {changed}"
@@ -110,7 +110,7 @@ def test_a_registry_that_is_down_is_one_clear_error_after_bounded_retries(docker
     lines: list[str] = []
     try:
         with pytest.raises(UserError) as exc:
-            images.push(docker_client, ref, emit=lines.append, attempts=3)
+            publish.push(docker_client, ref, emit=lines.append, attempts=3)
     finally:
         docker_client.images.remove(ref)
     assert str(exc.value).startswith(f"push of {ref} failed after 3 attempts: ")
@@ -126,7 +126,7 @@ def test_a_registry_that_refuses_the_push_is_one_clear_error(docker_client, tmp_
         base.tag(ref)
         try:
             with pytest.raises(UserError) as exc:
-                images.push(docker_client, ref, emit=lambda _: None, attempts=2)
+                publish.push(docker_client, ref, emit=lambda _: None, attempts=2)
         finally:
             docker_client.images.remove(ref)
     assert str(exc.value).startswith(f"push of {ref} failed after 2 attempts: ")

@@ -85,13 +85,13 @@ def test_a_daemon_that_runs_out_of_disk_mid_build_is_one_line(monkeypatch, capsy
     """As CI saw it: `docker load` of the rewritten image failed with ENOSPC and printed a traceback."""
     from docker.errors import ImageLoadError
 
-    from dsv4_images import cli, images
+    from dsv4_images import builder, cli, docker_client
 
     def full_disk(*_args, **_kwargs):
         raise ImageLoadError("Error processing tar file(exit status 1): write /opt/venv/lib/python3.11/"
                              "site-packages/torch/lib/libtorch_cpu.so: no space left on device")
-    monkeypatch.setattr(images, "docker_client", lambda: None)
-    monkeypatch.setattr(images, "execute", full_disk)
+    monkeypatch.setattr(docker_client, "connect", lambda: None)
+    monkeypatch.setattr(builder, "execute", full_disk)
     assert cli.main(["--arch", "cpu"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: the Docker daemon ran out of disk space (")
@@ -99,6 +99,6 @@ def test_a_daemon_that_runs_out_of_disk_mid_build_is_one_line(monkeypatch, capsy
 
     def bug(*_args, **_kwargs):
         raise ZeroDivisionError("a bug in build.py itself")
-    monkeypatch.setattr(images, "execute", bug)
+    monkeypatch.setattr(builder, "execute", bug)
     with pytest.raises(ZeroDivisionError):  # our own bugs keep their traceback
         cli.main(["--arch", "cpu"])

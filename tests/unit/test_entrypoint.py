@@ -8,13 +8,13 @@ import pytest
 
 from dsv4_images.in_image import entrypoint as ep
 from dsv4_images.in_image import tinymodel
-from dsv4_images import matrix, render
+from dsv4_images import matrix
 
 M = matrix.load()
 
 
 def defaults(target: str) -> dict:
-    return json.loads(json.dumps(render.serve_defaults(M.resolve(target))))
+    return json.loads(json.dumps(M.resolve(target).serve_defaults()))
 
 
 def command(target: str, env: dict | None = None, argv: list[str] | None = None) -> list[str]:
@@ -195,5 +195,5 @@ def test_gpu_warnings():
 
 
 def test_no_removed_vllm_environment_variable_is_set():
-    text = Path(ep.__file__).read_text() + "".join(json.dumps(render.serve_defaults(t)) for t in M.targets.values())
+    text = Path(ep.__file__).read_text() + "".join(json.dumps(t.serve_defaults()) for t in M.targets.values())
     assert "VLLM_TEST_FORCE_FP8_MARLIN" not in text

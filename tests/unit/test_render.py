@@ -61,13 +61,13 @@ def test_cuda_dockerfiles_stage_the_compile_before_patches_and_entrypoint(target
     compile_stage = text.split("AS vllm-compile", 1)[1].split("\nFROM ", 1)[0]
     assert "patch -p1" not in compile_stage and "entrypoint" not in compile_stage
     t = M.resolve(target)
-    assert f'TORCH_CUDA_ARCH_LIST="{t["toolchain"]["torch_cuda_arch_list"]}"' in compile_stage
+    assert f'TORCH_CUDA_ARCH_LIST="{t.toolchain.torch_cuda_arch_list}"' in compile_stage
     assert "--mount=type=cache,target=/root/.cache/ccache" in compile_stage
-    assert f'echo "{t["vllm"]["sdist_sha256"]}  /tmp/vllm.tar.gz" | sha256sum -c -' in text
-    assert f'FLASHINFER_CUDA_ARCH_LIST="{t["toolchain"]["flashinfer_cuda_arch_list"]}"' in text
+    assert f'echo "{t.vllm.sdist_sha256}  /tmp/vllm.tar.gz" | sha256sum -c -' in text
+    assert f'FLASHINFER_CUDA_ARCH_LIST="{t.toolchain.flashinfer_cuda_arch_list}"' in text
     assert "cuda-nvcc-13-0" in text.split("AS runtime-deps", 1)[1]  # FlashInfer JIT needs nvcc at run time
     for patch in t.patches:
-        assert patch["sha256"] in text
+        assert patch.sha256 in text
 
 
 @pytest.mark.parametrize("target", list(M.targets))
@@ -87,5 +87,5 @@ def test_serve_defaults_json_is_what_the_entrypoint_reads():
     import json
     for t in M.targets.values():
         data = json.loads(render.render_all(M)[f"serve_defaults/{t.name}.json"])
-        assert data["target"] == t.name and data["kind"] == t["kind"]
-        assert data["serve"]["num_speculative_tokens"] == t["serve"]["num_speculative_tokens"]
+        assert data["target"] == t.name and data["kind"] == t.kind
+        assert data["serve"]["num_speculative_tokens"] == t.serve.num_speculative_tokens

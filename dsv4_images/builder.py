@@ -1,0 +1,72 @@
+"""Carry out a build plan: the base, the locked packages on a loopback index, the BuildKit build,
+then (as the plan says) the reproducible rewrite and the push."""
+
+from __future__ import annotations
+
+import time
+
+from docker.errors import APIError, DockerException
+
+from . import REPO_ROOT, base, buildkit, publish, render, reproducible, wheelhouse
+from .errors import UserError
+from .matrix import Matrix
+from .plan import BuildPlan
+from .sources import fetch_sdist
+
+
+def execute(client, matrix: Matrix, plan: BuildPlan, emit=print) -> buildkit.BuildResult:
+    """Check the generated files, get a base and the locked packages, build, then push."""
+    drifted = render.check(matrix)
+    if drifted:
+        raise UserError(f"{', '.join(drifted)} differ from templates/ and matrix.toml: run `python build.py render`")
+    target, epoch = plan.target, plan.provenance.epoch
+    runtime_base = base.ensure_base(client, target, emit)
+    args = dict(plan.build_args, RUNTIME_BASE=runtime_base)
+    if runtime_base != target.base.runtime:
+        args["BUILD_BASE"] = runtime_base
+    files = [f for rel in target.lock_paths.values()
+             for f in wheelhouse.resolve_lock(REPO_ROOT / rel, target.toolchain.python, target.toolchain.wheel_platform)]
+    size = wheelhouse.fetch(files, progress=emit)
+    emit(f"packages: {len(files)} locked files ({size / 1e9:.2f} GB) verified in {wheelhouse.downloads.CACHE / 'files'}")
+    extra = {}
+    if target.vllm.source == "sdist":
+        sdist = fetch_sdist(target, progress=emit)
+        extra[sdist.name] = sdist
+    with wheelhouse.LoopbackIndex(files, extra) as index:
+        args["PIP_INDEX_URL"] = f"{index.url}/simple"
+        if extra:
+            args["VLLM_SDIST_URL"] = f"{index.url}/files/{next(iter(extra))}"
+        context = buildkit.context_tar(REPO_ROOT, plan.context_files, epoch)
+        emit(f"building {plan.tags[0]} from {plan.dockerfile} ({len(context) / 1e3:.0f} kB context)")
+        started = time.monotonic()
+        result = buildkit.build(client, context, plan.dockerfile, plan.tags, args, plan.stage, network_host=True,
+                                no_cache=plan.no_cache, emit=emit)
+    emit(f"built {result.image_id[:19]} in {time.monotonic() - started:.0f}s "
+         f"({result.cached_steps}/{result.steps} steps cached); tags: {', '.join(plan.tags)}")
+    emit(f"timing: build {time.monotonic() - started:.1f}s")
+    if plan.reproducible:
+        started = time.monotonic()
+        image = reproducible.normalize(client, plan.tags[0], epoch, base.base_epoch(target), load=True, progress=emit)
+        for ref in plan.tags[1:]:
+            client.images.get(plan.tags[0]).tag(ref)
+        if image.config_digest != result.image_id:
+            _remove_untagged(client, result.image_id)
+        result.image_id = image.config_digest
+        emit(f"timing: reproducible {time.monotonic() - started:.1f}s")
+        emit(f"reproducible: timestamps rewritten to SOURCE_DATE_EPOCH in {time.monotonic() - started:.0f}s; "
+             f"image {image.config_digest}")
+    if plan.push:
+        started = time.monotonic()
+        for ref in plan.tags:
+            emit(f"pushed {ref} ({publish.push(client, ref, emit)})")
+        emit(f"timing: push {time.monotonic() - started:.1f}s")
+    return result
+
+
+def _remove_untagged(client, image_id: str) -> None:
+    """Drop the build's own image once its tags point at the rewritten one (its layers stay in the build cache)."""
+    try:
+        if not client.images.get(image_id).tags:
+            client.images.remove(image_id)
+    except (APIError, DockerException):  # in use by a container, or already gone: leave it
+        pass
