@@ -127,7 +127,8 @@ def plan(matrix: Matrix, target: Target, *, image: str | None = None, owner: str
                    "io.dsv4-flash.patches.applied": build_args["APPLY_PATCHES"]})
     locks = list(render.lock_paths(target).values())
     context = [f"Dockerfile.{target.name}", f"{render.SERVE_DEFAULTS_DIR}/{target.name}.json",
-               "dsv4_images/in_image/entrypoint.py", *locks, *[p["file"] for p in target.patches]]
+               "dsv4_images/in_image/entrypoint.py", "dsv4_images/in_image/checkpoint.py", *locks,
+               *[p["file"] for p in target.patches]]
     if "tiny_model" in target.data:
         context.append("dsv4_images/in_image/tinymodel.py")
     notes = []
