@@ -23,7 +23,7 @@ architecture; a model id wins over its architecture, an explicit profile wins ov
 | header truncated, over HEADER_CAP, not UTF-8/JSON/an object,      | that shard             | refused            |
 |   duplicate keys, unknown dtype, bad shape or offsets             |                        |                    |
 | shard named by the index missing from a local directory           | index                  | refused            |
-| same, in a Hugging Face cache snapshot (vLLM downloads the rest)  | -                      | dtypes not checked |
+| same, in a Hugging Face cache snapshot (vLLM downloads the rest)  | -                      | header not checked |
 | not local and the Hub unreachable or offline; no safetensors      | -                      | "not checked"      |
 
 A refusal is one line: the file, then the reason. No read is larger than its cap (HEADER_CAP for a
@@ -154,11 +154,17 @@ def profile_for(model: str, config: dict, explicit: str | None = None) -> Profil
 
 # ---- reading files safely --------------------------------------------------------------------
 
+def _short(value, limit: int = 80) -> str:
+    """repr, cut: a value read from a file may be any size."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _no_duplicates(pairs):
     seen = {}
     for key, value in pairs:
         if key in seen:
-            raise ValueError(f"duplicate key {key!r}")
+            raise ValueError(f"duplicate key {_short(key)}")
         seen[key] = value
     return seen
 
@@ -195,10 +201,10 @@ def read_index(path: Path, label: str | None = None) -> dict[str, str]:
         raise Refusal(label, "has no weight_map object" if weight_map is None else "weight_map is not an object")
     for name, shard in weight_map.items():
         if not isinstance(shard, str) or not shard.strip():
-            raise Refusal(label, f"weight_map[{name!r}] is {shard!r}, not a shard file name")
+            raise Refusal(label, f"weight_map[{_short(name)}] is {_short(shard)}, not a shard file name")
         parts = PurePosixPath(shard.replace("\\", "/"))
         if parts.is_absolute() or ".." in parts.parts:
-            raise Refusal(label, f"weight_map[{name!r}] names {shard!r}, outside the checkpoint directory")
+            raise Refusal(label, f"weight_map[{_short(name)}] names {_short(shard)}, outside the checkpoint directory")
     return weight_map
 
 
@@ -230,22 +236,27 @@ def read_safetensors_header(path: Path, cap: int = HEADER_CAP) -> dict[str, tupl
 
 
 def _tensor_entry(path: Path, name: str, info, data_size: int) -> tuple[str, list[int]]:
+    tensor = f"tensor {_short(name)}"
     if not isinstance(info, dict):
-        raise Refusal(path, f"header entry {name!r} is not an object")
+        raise Refusal(path, f"header entry {_short(name)} is not an object")
     dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-    if dtype not in DTYPE_BITS:
-        raise Refusal(path, f"tensor {name!r} has unknown dtype {dtype!r}")
+    if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
+        raise Refusal(path, f"{tensor} has unknown dtype {_short(dtype)}")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise Refusal(path, f"tensor {name!r} has a malformed shape {shape!r}")
+        raise Refusal(path, f"{tensor} has a malformed shape {_short(shape)}")
     if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
             or not 0 <= offsets[0] <= offsets[1] <= data_size):
-        raise Refusal(path, f"tensor {name!r} has data_offsets {offsets!r} outside the {data_size}-byte data")
+        raise Refusal(path, f"{tensor} has data_offsets {_short(offsets)} outside the {data_size}-byte data")
     bits = DTYPE_BITS[dtype]
     for d in shape:
         bits *= d
     if bits % 8 or offsets[1] - offsets[0] != bits // 8:
-        raise Refusal(path, f"tensor {name!r} spans {offsets[1] - offsets[0]} bytes, its {dtype} shape "
-                            f"{shape} needs {bits / 8:g}")
+        if bits.bit_length() > 128:  # str() of a huge int is slow, and refused past 4300 digits
+            needs = f"over 2**{bits.bit_length() - 1} bits"
+        else:
+            needs = f"{bits // 8} bytes" if not bits % 8 else f"{bits} bits, not whole bytes"
+        raise Refusal(path, f"{tensor} spans {offsets[1] - offsets[0]} bytes, its {dtype} shape "
+                            f"{_short(shape, 40)} needs {needs}")
     return dtype, shape
 
 
@@ -358,7 +369,7 @@ def hub_source(model: str, env: dict, hub=None) -> Source | str:
 
 def _pattern(template: str) -> re.Pattern:
     """A regex for a name template: {i}, {n} or {k} become the number group, the rest of the name follows."""
-    number = r"(?P<num>\d+)"
+    number = r"(?P<num>\d{1,9})"  # a longer run of digits is no layer number (and int() of it is costly)
     return re.compile(re.escape(template).replace(r"\{i\}", number).replace(r"\{n\}", number)
                       .replace(r"\{k\}", number) + "(?P<rest>.+)$")
 
@@ -438,8 +449,7 @@ def check_mtp(model: str, env: dict, profile: str | None = None, hub=None) -> st
     if chosen["layout"]:
         _check_structure(source, chosen, stages, layers, nextn, names)
     mtp_names = [name for stage in sorted(stages) for name, _ in stages[stage]]
-    if chosen["weight_dtypes"]:
-        summary.append(_check_unquantized(source, chosen, mtp_names))
+    summary.append(_check_shards(source, chosen, mtp_names))
     return ", ".join([f"{len(mtp_names)} MTP tensors found in {len(stages)} stage(s)", *summary])
 
 
@@ -458,7 +468,7 @@ def _check_structure(source: Source, profile: Profile, stages: dict, layers: int
             prefix = _stage_prefix(profile, stage, layers)
             raise Refusal(source.index_label, f"{prefix}* lacks {', '.join(missing)}: not a complete {profile.key} "
                                               f"MTP block{hint}")
-    if nextn is not None and sorted(stages) != list(range(nextn)):
+    if nextn is not None and not _is_range(set(stages), nextn):
         shown = ", ".join(_stage_prefix(profile, s, layers) + "*" for s in sorted(stages))
         raise Refusal(source.index_label, f"holds MTP stages {shown} but config.json {profile['nextn_key']}={nextn} "
                                           f"expects stages 0..{nextn - 1}")
@@ -468,9 +478,14 @@ def _check_structure(source: Source, profile: Profile, stages: dict, layers: int
             pattern = _pattern(template)
             main |= {int(m.group(1)) for m in map(pattern.match, names) if m}
         main = {k for k in main if "{n}" not in profile["layout"] or k < layers}
-        if main and main != set(range(layers)):
+        if main and not _is_range(main, layers):
             raise Refusal(source.index_label, f"holds main layers {_ranges(main)} but config.json "
                                               f"num_hidden_layers={layers} expects 0-{layers - 1}")
+
+
+def _is_range(numbers: set[int], count: int) -> bool:
+    """numbers == {0, ..., count - 1}, without building that set from a count read off a config."""
+    return len(numbers) == count and min(numbers) == 0 and max(numbers) == count - 1
 
 
 def _ranges(numbers: set[int]) -> str:
@@ -483,9 +498,11 @@ def _ranges(numbers: set[int]) -> str:
     return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans)
 
 
-def _check_unquantized(source: Source, profile: Profile, mtp_names: list[str]) -> str:
-    wanted = "/".join(profile["weight_dtypes"])
-    quantized = [n for n in mtp_names if is_quantization_tensor(n)]
+def _check_shards(source: Source, profile: Profile, mtp_names: list[str]) -> str:
+    """Quantization suffixes by name (when the profile wants unquantized MTP), then the headers of the
+    shards that hold MTP tensors: readable, holding what the index places there, with the wanted dtypes."""
+    wanted = "/".join(profile["weight_dtypes"] or [])
+    quantized = [n for n in mtp_names if is_quantization_tensor(n)] if wanted else []
     if quantized:
         raise Refusal(source.index_label, f"MTP block is quantized ({len(quantized)} tensor(s) with quantization "
                                           f"suffixes, e.g. {quantized[0]}) but {profile.key} expects {wanted}")
@@ -504,11 +521,15 @@ def _check_unquantized(source: Source, profile: Profile, mtp_names: list[str]) -
             if name not in header:
                 raise Refusal(source.shard_label(shard), f"lacks {name}, which {source.index_label} places in it")
             dtype = header[name][0]
-            # float tensors must be one of the expected dtypes; an integer `.weight` is a packed one
-            if (dtype in FLOAT_DTYPES and dtype not in profile["weight_dtypes"]) or \
-                    (dtype not in FLOAT_DTYPES and name.endswith(".weight")):
+            # float tensors must be one of the wanted dtypes; an integer `.weight` is a packed one
+            if wanted and ((dtype in FLOAT_DTYPES and dtype not in profile["weight_dtypes"])
+                           or (dtype not in FLOAT_DTYPES and name.endswith(".weight"))):
                 raise Refusal(source.shard_label(shard), f"MTP tensor {name} is {dtype} but {profile.key} "
                                                          f"expects {wanted} (a quantized MTP block)")
+    if not read:
+        return f"headers not checked: {len(unread)} shard(s) holding MTP tensors not readable here"
+    done = f"all {wanted} in {read} shard header(s) read" if wanted else \
+        f"{read} shard header(s) read, dtypes not fixed by the profile"
     if unread:
-        return f"{wanted} by name; dtypes not checked in {len(unread)} shard(s) not readable here"
-    return f"all {wanted} in {read} shard header(s)"
+        done += f"; {len(unread)} shard(s) holding MTP tensors not readable here, not checked"
+    return done

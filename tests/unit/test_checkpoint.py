@@ -34,12 +34,12 @@ def index_of(root: Path) -> str:
 def test_a_bf16_mtp_block_passes_its_models_profile(tmp_path):
     root = v4_checkpoint(tmp_path / "ok")
     found = ck.check_mtp(str(root), {}, NVFP4)
-    assert found == f"{len(v4_mtp_stage())} MTP tensors found in 1 stage(s), profile {NVFP4}, all BF16/F32 in 1 shard header(s)"
+    assert found == f"{len(v4_mtp_stage())} MTP tensors found in 1 stage(s), profile {NVFP4}, all BF16/F32 in 1 shard header(s) read"
 
 
 def test_the_architecture_profile_applies_without_a_model_id(tmp_path):
     found = ck.check_mtp(str(v4_checkpoint(tmp_path / "ok")), {})
-    assert "profile DeepseekV4ForCausalLM" in found and "BF16" not in found  # no dtype expectation
+    assert found.endswith("profile DeepseekV4ForCausalLM, 1 shard header(s) read, dtypes not fixed by the profile")
 
 
 def test_the_model_id_selects_its_profile_in_the_hugging_face_cache(tmp_path):
@@ -48,7 +48,7 @@ def test_the_model_id_selects_its_profile_in_the_hugging_face_cache(tmp_path):
     (repo / "refs" / "main").write_text("rev1\n")
     v4_checkpoint(repo / "snapshots" / "rev1")
     found = ck.check_mtp(W4A16, {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
-    assert f"profile {W4A16}" in found and found.endswith("all BF16/F32 in 1 shard header(s)")
+    assert f"profile {W4A16}" in found and found.endswith("all BF16/F32 in 1 shard header(s) read")
 
 
 def test_the_cpu_tiny_model_passes_as_deepseek_v3(tmp_path):
@@ -155,6 +155,17 @@ def test_main_layers_must_match_num_hidden_layers(tmp_path):
     assert exc.reason == f"holds main layers 0-{LAYERS - 1} but config.json num_hidden_layers={LAYERS + 1} expects 0-{LAYERS}"
 
 
+def test_hostile_numbers_in_the_config_and_names_cost_nothing(tmp_path):
+    """A layer count of 10**15 and a 5000-digit stage number are compared, not enumerated or converted."""
+    exc = refused(v4_checkpoint(tmp_path / "x", config={**V4_CONFIG, "num_hidden_layers": 10 ** 15}))
+    assert exc.reason == f"holds main layers 0-{LAYERS - 1} but config.json num_hidden_layers={10 ** 15} expects 0-{10 ** 15 - 1}"
+    exc = refused(v4_checkpoint(tmp_path / "y", config={**V4_CONFIG, "num_nextn_predict_layers": 10 ** 15}))
+    assert f"num_nextn_predict_layers={10 ** 15} expects stages 0..{10 ** 15 - 1}" in exc.reason
+    mtp = {**v4_mtp_stage(), "mtp." + "9" * 5000 + ".e_proj.weight": ("BF16", [2])}
+    found = ck.check_mtp(str(v4_checkpoint(tmp_path / "z", mtp=mtp)), {})  # no stage number: not an MTP tensor
+    assert found.startswith(f"{len(v4_mtp_stage())} MTP tensors found in 1 stage(s)")
+
+
 def test_v3_style_layer_numbers_follow_num_hidden_layers(tmp_path):
     """The tiny model has main layers 0-1 and its MTP layer at 2. Told it has 1 main layer, layer 1 (a plain
     decoder layer) would be its MTP layer and layer 2 a second one: both are caught."""
@@ -209,7 +220,7 @@ def test_a_profile_is_data_a_new_model_states_its_own_expectations(tmp_path, mon
     tinymodel.write_model(tmp_path / "tiny", seed=0)
     monkeypatch.setitem(ck.PROFILES, "test/tiny-bf16", {"base": "DeepseekV3ForCausalLM", "weight_dtypes": ["BF16", "F32"]})
     monkeypatch.setitem(ck.PROFILES, "test/tiny-f32", {"base": "DeepseekV3ForCausalLM", "weight_dtypes": ["F32"]})
-    assert ck.check_mtp(str(tmp_path / "tiny"), {}, "test/tiny-bf16").endswith("all BF16/F32 in 1 shard header(s)")
+    assert ck.check_mtp(str(tmp_path / "tiny"), {}, "test/tiny-bf16").endswith("all BF16/F32 in 1 shard header(s) read")
     exc = refused(tmp_path / "tiny", profile="test/tiny-f32")
     assert exc.file == str(tmp_path / "tiny" / "model.safetensors") and "is BF16 but test/tiny-f32 expects F32" in exc.reason
 
@@ -231,7 +242,8 @@ def test_profiles_resolve_by_explicit_name_then_model_id_then_architecture():
 def test_an_unknown_architecture_only_needs_some_mtp_tensors(tmp_path):
     names = {"model.layers.0.mlp.weight": ("BF16", [2]), "mtp.layers.0.fc.weight": ("BF16", [2])}
     root = write_checkpoint(tmp_path / "u", {"a.safetensors": names}, {"architectures": ["Qwen3NextForCausalLM"]})
-    assert ck.check_mtp(str(root), {}) == "1 MTP tensors found in 1 stage(s), profile default"
+    assert ck.check_mtp(str(root), {}) == ("1 MTP tensors found in 1 stage(s), profile default, "
+                                           "1 shard header(s) read, dtypes not fixed by the profile")
     root = write_checkpoint(tmp_path / "v", {"a.safetensors": {"x.weight": ("BF16", [2])}}, {"num_hidden_layers": 4})
     assert "holds no MTP tensors (mtp.* or model.layers.4.* absent among 1 tensors)" in refused(root).reason
 
@@ -252,15 +264,35 @@ def test_a_partial_hugging_face_cache_snapshot_is_not_refused(tmp_path):
     root = v4_checkpoint(repo / "snapshots" / "r")
     (root / MTP_SHARD).unlink()  # vLLM downloads what the cache lacks
     found = ck.check_mtp(NVFP4, {"HF_HOME": str(tmp_path / "hf")})
-    assert found.endswith("BF16/F32 by name; dtypes not checked in 1 shard(s) not readable here")
+    assert found.endswith("headers not checked: 1 shard(s) holding MTP tensors not readable here")
 
 
-def test_a_malformed_header_of_an_mtp_shard_is_refused_naming_it(tmp_path):
+def test_a_shard_missing_from_the_cache_is_reported_beside_those_read(tmp_path):
+    repo = tmp_path / "hf" / "hub" / ("models--" + NVFP4.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("r")
+    stage = list(v4_mtp_stage().items())
+    root = write_checkpoint(repo / "snapshots" / "r", {"a.safetensors": v4_main(), "b.safetensors": dict(stage[:10]),
+                                                       "c.safetensors": dict(stage[10:])}, V4_CONFIG)
+    (root / "c.safetensors").unlink()
+    found = ck.check_mtp(NVFP4, {"HF_HOME": str(tmp_path / "hf")})
+    assert found.endswith("all BF16/F32 in 1 shard header(s) read; 1 shard(s) holding MTP tensors not readable "
+                          "here, not checked")
+
+
+@pytest.mark.parametrize("profile", [NVFP4, None])
+def test_a_malformed_header_of_an_mtp_shard_is_refused_naming_it(tmp_path, profile):
     root = v4_checkpoint(tmp_path / "x")
     data = (root / MTP_SHARD).read_bytes()
     (root / MTP_SHARD).write_bytes(data[:20])
-    exc = refused(root, profile=NVFP4)
+    exc = refused(root, profile=profile)
     assert exc.file == str(root / MTP_SHARD) and "is truncated: header says" in exc.reason
+
+
+def test_only_the_shards_holding_mtp_tensors_are_read(tmp_path):
+    root = v4_checkpoint(tmp_path / "x")
+    (root / "model-00001-of-00002.safetensors").write_bytes(b"")  # main weights: vLLM's business, not ours
+    assert ck.check_mtp(str(root), {}, NVFP4).endswith("all BF16/F32 in 1 shard header(s) read")
 
 
 def test_an_index_entry_the_header_lacks_is_refused(tmp_path):
@@ -325,7 +357,7 @@ class FakeHub:
 def test_a_remote_checkpoint_is_checked_from_its_index_and_the_mtp_shards_header(tmp_path):
     hub = FakeHub(v4_checkpoint(tmp_path / "remote"))
     found = ck.check_mtp(NVFP4, {"HF_HOME": str(tmp_path / "none")}, hub=hub)
-    assert found.endswith("all BF16/F32 in 1 shard header(s)") and hub.header_reads == [MTP_SHARD]
+    assert found.endswith("all BF16/F32 in 1 shard header(s) read") and hub.header_reads == [MTP_SHARD]
 
 
 def test_a_remote_quantized_mtp_block_is_refused_naming_the_remote_file(tmp_path):
