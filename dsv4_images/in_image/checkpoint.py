@@ -199,12 +199,16 @@ def read_index(path: Path, label: str | None = None) -> dict[str, str]:
     weight_map = read_json_object(path, label).get("weight_map")
     if not isinstance(weight_map, dict):
         raise Refusal(label, "has no weight_map object" if weight_map is None else "weight_map is not an object")
+    safe = set()  # each shard name is checked once: an index names a few dozen files for ~100k tensors
     for name, shard in weight_map.items():
+        if isinstance(shard, str) and shard in safe:
+            continue
         if not isinstance(shard, str) or not shard.strip():
             raise Refusal(label, f"weight_map[{_short(name)}] is {_short(shard)}, not a shard file name")
         parts = PurePosixPath(shard.replace("\\", "/"))
         if parts.is_absolute() or ".." in parts.parts:
             raise Refusal(label, f"weight_map[{_short(name)}] names {_short(shard)}, outside the checkpoint directory")
+        safe.add(shard)
     return weight_map
 
 
@@ -307,7 +311,7 @@ def local_source(directory: Path, kind: str) -> Source | None:
 
     if index_path.is_file():
         weight_map = read_index(index_path)
-        missing = sorted({s for s in weight_map.values() if not (directory / s).is_file()})
+        missing = sorted(s for s in set(weight_map.values()) if not (directory / s).is_file())
         if missing and kind == "directory":
             raise Refusal(index_path, f"names {len(missing)} shard(s) missing from {directory}: "
                                       f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")

@@ -116,6 +116,8 @@ def test_an_unreadable_file_is_a_refusal(tmp_path):
     ('{"weight_map": []}', "weight_map is not an object"),
     ('{"weight_map": {"a": 3}}', "weight_map['a'] is 3, not a shard file name"),
     ('{"weight_map": {"a": ""}}', "weight_map['a'] is '', not a shard file name"),
+    ('{"weight_map": {"a": "s", "b": ["s"]}}', "weight_map['b'] is ['s'], not a shard file name"),
+    ('{"weight_map": {"a": "s", "b": {"s": 1}}}', "weight_map['b'] is {'s': 1}, not a shard file name"),
     ('{"weight_map": {"a": "../x.safetensors"}}', "names '../x.safetensors', outside the checkpoint directory"),
     ('{"weight_map": {"a": "/etc/x.safetensors"}}', "outside the checkpoint directory"),
     ('{"weight_map": {"a": "..\\\\x.safetensors"}}', "outside the checkpoint directory"),
