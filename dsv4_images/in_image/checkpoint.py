@@ -440,7 +440,7 @@ def check_mtp(model: str, env: dict, profile: str | None = None, hub=None) -> st
         if not nextn:
             raise Refusal(source.config_label, f"{chosen['nextn_key']} is {nextn if nextn is not None else 'absent'}: "
                           "the checkpoint declares no MTP layer (vLLM's method=mtp fails on it with ZeroDivisionError)")
-        if layers is None and "{n}" in chosen["layout"]:
+        if layers is None and "{n}" in (chosen["layout"] or ""):
             raise Refusal(source.config_label, "num_hidden_layers is absent, so the MTP layers cannot be located")
     names = list(source.weight_map)
     stages = mtp_stages(names, chosen, layers)
