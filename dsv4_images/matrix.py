@@ -239,7 +239,7 @@ class Target(_Table):
     def context_files(self) -> list[str]:
         """Every file of the repository the image's build context needs."""
         files = [self.dockerfile, self.serve_defaults_path, "dsv4_images/in_image/entrypoint.py",
-                 *self.lock_paths.values(), *(p.file for p in self.patches)]
+                 "dsv4_images/in_image/checkpoint.py", *self.lock_paths.values(), *(p.file for p in self.patches)]
         if self.tiny_model:
             files.append("dsv4_images/in_image/tinymodel.py")
         return files

@@ -9,11 +9,14 @@ signals reach it directly.
 
 Environment overrides: MODEL, SERVED_MODEL_NAME, TENSOR_PARALLEL_SIZE, NUM_SPECULATIVE_TOKENS
 (0 turns MTP off), MAX_MODEL_LEN, PORT, HOST, MAX_NUM_SEQS, MAX_NUM_BATCHED_TOKENS,
-KV_CACHE_DTYPE, VLLM_EXTRA_ARGS (shell-quoted), DSV4_SKIP_PREFLIGHT=1.
+KV_CACHE_DTYPE, VLLM_EXTRA_ARGS (shell-quoted), DSV4_SKIP_PREFLIGHT=1, DSV4_CHECKPOINT_PROFILE
+(a key of checkpoint.PROFILES: what the preflight expects of the checkpoint).
 
-Preflight, before vLLM starts: when MTP is requested the checkpoint must hold MTP tensors
-(refuses with exit 3 otherwise), and on GPU targets a GPU whose compute capability is not the
-image's target gets a warning. Other modes: --print-command, --preflight-only, --healthcheck.
+Preflight, before vLLM starts: when MTP is requested the checkpoint must hold an MTP block its
+profile accepts (checkpoint.py: no stripped, DSpark, mis-numbered or unexpectedly quantized MTP
+block, no malformed index or header; refuses with exit 3 in one line), and on GPU targets a GPU
+whose compute capability is not the image's target gets a warning. Other modes: --print-command,
+--preflight-only, --healthcheck.
 """
 
 from __future__ import annotations
@@ -22,11 +25,15 @@ import json
 import os
 import shlex
 import shutil
-import struct
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+
+try:  # a sibling module: dsv4_images.in_image on the host, /opt/dsv4-flash/ in the image
+    from . import checkpoint
+except ImportError:
+    import checkpoint
 
 DEFAULTS_PATH = Path(os.environ.get("DSV4_DEFAULTS", "/etc/dsv4-flash/serve.json"))
 EXIT_BAD_OVERRIDE = 2
@@ -109,99 +116,33 @@ def build_command(serve: dict, passthrough: list[str]) -> list[str]:
     return cmd + list(serve.get("extra_args", [])) + list(passthrough)
 
 
-# ---- preflight: MTP tensors -----------------------------------------------------------------
+# ---- preflight: the checkpoint (checkpoint.py holds what we know about checkpoints) -------------
 
-def safetensors_names(path: Path) -> list[str]:
-    """Tensor names from a safetensors header, without reading tensor data."""
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) != 8:
-            raise EntrypointError(f"{path} is not a safetensors file", EXIT_PREFLIGHT)
-        (length,) = struct.unpack("<Q", raw)
-        try:
-            header = json.loads(f.read(length))
-        except ValueError:
-            raise EntrypointError(f"{path} has an unreadable safetensors header", EXIT_PREFLIGHT) from None
-    return [k for k in header if k != "__metadata__"]
-
-
-def checkpoint_tensor_names(directory: Path) -> list[str] | None:
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        return list(json.loads(index.read_text()).get("weight_map", {}))
-    shards = sorted(directory.glob("*.safetensors"))
-    if not shards:
-        return None
-    return [name for shard in shards for name in safetensors_names(shard)]
-
-
-def mtp_prefixes(config: dict) -> list[str]:
-    """Where MTP tensors live: DeepSeek-V4 exports use `mtp.{i}.`; DeepSeek-V3-style
-    checkpoints append them as layers `model.layers.{num_hidden_layers + i}.`."""
-    layers = int(config.get("num_hidden_layers", 0))
-    nextn = int(config.get("num_nextn_predict_layers", 0) or 0)
-    return ["mtp."] + [f"model.layers.{layers + i}." for i in range(max(nextn, 1))]
-
-
-def find_local_checkpoint(model: str, env: dict) -> Path | None:
-    """A local directory, or the Hugging Face cache snapshot for a repo id."""
-    path = Path(model)
-    if path.is_dir():
-        return path
-    if model.count("/") != 1 or model.startswith(("/", ".")):
-        return None
-    hf_home = Path(env.get("HF_HOME", Path(env.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "huggingface"))
-    hub = Path(env.get("HF_HUB_CACHE", hf_home / "hub"))
-    repo = hub / ("models--" + model.replace("/", "--"))
-    ref = repo / "refs" / env.get("MODEL_REVISION", "main")
-    if ref.is_file():
-        snapshot = repo / "snapshots" / ref.read_text().strip()
-        if snapshot.is_dir():
-            return snapshot
+def checkpoint_profile(defaults: dict, serve: dict, env: dict) -> str | None:
+    """DSV4_CHECKPOINT_PROFILE, else the target's `checkpoint_profile` while MODEL is the target's own;
+    None lets checkpoint.py choose by model id, then by architecture."""
+    if env.get("DSV4_CHECKPOINT_PROFILE", "").strip():
+        name = env["DSV4_CHECKPOINT_PROFILE"].strip()
+        if name not in checkpoint.PROFILES:
+            raise EntrypointError(f"DSV4_CHECKPOINT_PROFILE={name!r} is not one of "
+                                  f"{', '.join(sorted(checkpoint.PROFILES))}", EXIT_BAD_OVERRIDE)
+        return name
+    if serve["model"] == defaults.get("serve", {}).get("model"):
+        return defaults["serve"].get("checkpoint_profile")
     return None
 
 
-def fetch_index_from_hub(model: str, env: dict) -> tuple[dict, list[str]] | None:
-    """config.json and the index's tensor names from the Hub (two small files), if reachable."""
-    if env.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
-        return None
+def check_mtp_tensors(model: str, env: dict, profile: str | None = None, k: int = 1) -> str:
+    """Raise (exit 3) when the checkpoint cannot serve MTP as its profile expects; return what was found."""
     try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:
-        return None
-    try:
-        config = json.loads(Path(hf_hub_download(model, "config.json")).read_text())
-        index = json.loads(Path(hf_hub_download(model, "model.safetensors.index.json")).read_text())
-    except Exception as exc:  # network, auth, missing file: cannot decide, so do not refuse
-        print(f"[dsv4-flash] preflight: could not read {model}'s index from the Hub ({type(exc).__name__}); "
-              "MTP tensors not checked", file=sys.stderr)
-        return None
-    return config, list(index.get("weight_map", {}))
-
-
-def check_mtp_tensors(model: str, env: dict) -> str:
-    """Raise when MTP is requested from a checkpoint without MTP tensors; return what was found."""
-    local = find_local_checkpoint(model, env)
-    if local is not None:
-        config_path = local / "config.json"
-        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-        names = checkpoint_tensor_names(local)
-    else:
-        fetched = fetch_index_from_hub(model, env)
-        if fetched is None:
-            return "not checked (checkpoint not local and the Hub was not reachable)"
-        config, names = fetched
-    if names is None:
-        return f"not checked (no safetensors files in {local})"
-    prefixes = mtp_prefixes(config)
-    found = [n for n in names if n.startswith(tuple(prefixes))]
-    if not found:
+        return checkpoint.check_mtp(model, env, profile)
+    except checkpoint.Refusal as refusal:
         raise EntrypointError(
-            f"MTP speculative decoding requested (NUM_SPECULATIVE_TOKENS > 0) but checkpoint {model} holds no "
-            f"MTP tensors ({' or '.join(p + '*' for p in prefixes)} absent among {len(names)} tensors); its MTP "
-            "block was stripped. Use a checkpoint that keeps it, or set NUM_SPECULATIVE_TOKENS=0.",
-            EXIT_PREFLIGHT)
-    return f"{len(found)} MTP tensors found"
+            f"MTP speculative decoding requested (NUM_SPECULATIVE_TOKENS={k}) but checkpoint {model} is refused: "
+            f"{refusal}. Use a checkpoint whose MTP block fits, or set NUM_SPECULATIVE_TOKENS=0.",
+            EXIT_PREFLIGHT) from None
+    except Exception as exc:  # a case checkpoint.py does not know: say so, and let vLLM decide
+        return f"not checked (the preflight failed on it: {type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
 
 
 # ---- preflight: GPU --------------------------------------------------------------------------
@@ -234,8 +175,9 @@ def gpu_warnings(defaults: dict, serve: dict, capabilities: list[str] | None) ->
 
 def preflight(defaults: dict, serve: dict, env: dict) -> None:
     if serve["num_speculative_tokens"] > 0:
-        found = check_mtp_tensors(serve["model"], env)
-        print(f"[dsv4-flash] preflight: MTP k={serve['num_speculative_tokens']}: {found}", file=sys.stderr)
+        k = serve["num_speculative_tokens"]
+        found = check_mtp_tensors(serve["model"], env, checkpoint_profile(defaults, serve, env), k)
+        print(f"[dsv4-flash] preflight: MTP k={k}: {found}", file=sys.stderr)
     for warning in gpu_warnings(defaults, serve, gpu_compute_capabilities()):
         print(f"[dsv4-flash] warning: {warning}", file=sys.stderr)
 

@@ -1,7 +1,11 @@
 """The baked serve entrypoint: default commands, overrides, passthrough, preflight, bad input."""
 
 import json
+import os
 import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -122,7 +126,7 @@ def test_missing_defaults_file_is_a_clear_error(tmp_path, capsys):
     assert "cannot read the image's serve defaults" in capsys.readouterr().err
 
 
-# ---- preflight: MTP tensors -------------------------------------------------------------------
+# ---- preflight: the checkpoint (the cases themselves are in test_checkpoint*.py) ---------------
 
 @pytest.fixture(scope="module")
 def tiny_checkpoints(tmp_path_factory):
@@ -132,54 +136,98 @@ def tiny_checkpoints(tmp_path_factory):
     return root
 
 
-def test_preflight_accepts_a_checkpoint_with_mtp_tensors(tiny_checkpoints):
-    assert ep.check_mtp_tensors(str(tiny_checkpoints / "with-mtp"), {}).endswith("MTP tensors found")
-
-
-def test_preflight_refuses_a_checkpoint_whose_mtp_block_was_stripped(tiny_checkpoints, tmp_path, capsys):
-    with pytest.raises(ep.EntrypointError) as exc:
-        ep.check_mtp_tensors(str(tiny_checkpoints / "stripped"), {})
-    assert exc.value.exit_code == 3 and "holds no MTP tensors" in str(exc.value)
+def preflight_only(tmp_path, target: str, env: dict, capsys) -> tuple[int, str]:
     path = tmp_path / "serve.json"
-    path.write_text(json.dumps(defaults("cpu")))
+    path.write_text(json.dumps(defaults(target)))
+    code = ep.main(["--preflight-only"], env, path)
+    return code, capsys.readouterr().err
+
+
+def test_preflight_accepts_a_checkpoint_with_mtp_tensors(tiny_checkpoints, tmp_path, capsys):
+    code, err = preflight_only(tmp_path, "cpu", {"MODEL": str(tiny_checkpoints / "with-mtp")}, capsys)
+    assert code == 0
+    assert "[dsv4-flash] preflight: MTP k=2: 44 MTP tensors found in 1 stage(s), profile DeepseekV3ForCausalLM" in err
+
+
+def test_preflight_refuses_a_stripped_checkpoint_in_one_line_with_exit_3(tiny_checkpoints, tmp_path, capsys):
     env = {"MODEL": str(tiny_checkpoints / "stripped")}
-    assert ep.main(["--preflight-only"], env, path) == 3
-    err = capsys.readouterr().err
-    assert "error: MTP speculative decoding requested" in err and "Traceback" not in err
-    assert ep.main(["--preflight-only"], {**env, "NUM_SPECULATIVE_TOKENS": "0"}, path) == 0
+    code, err = preflight_only(tmp_path, "cpu", env, capsys)
+    line = err.strip().splitlines()[-1]
+    assert code == 3 and "Traceback" not in err
+    assert line.startswith("[dsv4-flash] error: MTP speculative decoding requested (NUM_SPECULATIVE_TOKENS=2) but "
+                           f"checkpoint {env['MODEL']} is refused: {env['MODEL']}/model.safetensors: holds no MTP tensors")
+    assert line.endswith("set NUM_SPECULATIVE_TOKENS=0.")
+    assert preflight_only(tmp_path, "cpu", {**env, "NUM_SPECULATIVE_TOKENS": "0"}, capsys)[0] == 0
+    assert preflight_only(tmp_path, "cpu", {**env, "DSV4_SKIP_PREFLIGHT": "1"}, capsys)[0] == 0
 
 
-def _sharded_checkpoint(root: Path, names: list[str], config: dict) -> Path:
-    root.mkdir(parents=True)
-    (root / "config.json").write_text(json.dumps(config))
-    (root / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {n: "model-00001.safetensors" for n in names}}))
-    return root
+@pytest.mark.parametrize("case", ["dspark", "truncated-header", "fp8-mtp", "no-nextn"])
+def test_preflight_refusals_name_the_file_and_the_reason(tmp_path, capsys, case):
+    from tests.unit.checkpoint_fixtures import DSPARK_CONFIG, V4_CONFIG, dspark_stages, v4_checkpoint, v4_mtp_stage
+    root, shard = tmp_path / "m", "model-00002-of-00002.safetensors"
+    if case == "dspark":
+        v4_checkpoint(root, mtp=dspark_stages(), config=DSPARK_CONFIG)
+        file, reason = root / "model.safetensors.index.json", "this is a DSpark drafter"
+    elif case == "truncated-header":
+        v4_checkpoint(root)
+        (root / shard).write_bytes((root / shard).read_bytes()[:40])
+        file, reason = root / shard, "is truncated: header says"
+    elif case == "fp8-mtp":
+        v4_checkpoint(root, mtp=v4_mtp_stage(dtype="F8_E4M3"))
+        file, reason = root / shard, "is F8_E4M3 but canada-quant/DeepSeek-V4-Flash-NVFP4-FP8-MTP expects BF16/F32"
+    else:
+        v4_checkpoint(root, config={**V4_CONFIG, "num_nextn_predict_layers": 0})
+        file, reason = root / "config.json", "num_nextn_predict_layers is 0"
+    env = {"MODEL": str(root), "DSV4_CHECKPOINT_PROFILE": "canada-quant/DeepSeek-V4-Flash-NVFP4-FP8-MTP"}
+    code, err = preflight_only(tmp_path, "sm100", env, capsys)
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert code == 3 and len(errors) == 1 and "Traceback" not in err
+    assert f"is refused: {file}: " in errors[0] and reason in errors[0]
 
 
-DSV4_CONFIG = {"model_type": "deepseek_v4", "num_hidden_layers": 43, "num_nextn_predict_layers": 1}
+def test_the_checkpoint_profile_comes_from_the_environment_or_the_targets_own_model():
+    d = defaults("sm100")
+    d["serve"]["checkpoint_profile"] = "DeepseekV4ForCausalLM"
+    serve = ep.effective_settings(d, {})
+    assert ep.checkpoint_profile(d, serve, {}) == "DeepseekV4ForCausalLM"
+    other = ep.effective_settings(d, {"MODEL": "/models/other"})
+    assert ep.checkpoint_profile(d, other, {}) is None  # another model: chosen by its id or architecture
+    env = {"DSV4_CHECKPOINT_PROFILE": "canada-quant/DeepSeek-V4-Flash-W4A16-FP8-MTP"}
+    assert ep.checkpoint_profile(d, other, env) == env["DSV4_CHECKPOINT_PROFILE"]
+    with pytest.raises(ep.EntrypointError) as exc:
+        ep.checkpoint_profile(d, serve, {"DSV4_CHECKPOINT_PROFILE": "W4A16"})
+    assert exc.value.exit_code == 2 and "DSV4_CHECKPOINT_PROFILE='W4A16' is not one of" in str(exc.value)
 
 
-def test_preflight_reads_a_deepseek_v4_index_with_and_without_mtp(tmp_path):
-    good = _sharded_checkpoint(tmp_path / "good", ["layers.0.attn.wq_a.weight", "mtp.0.e_proj.weight"], DSV4_CONFIG)
-    bad = _sharded_checkpoint(tmp_path / "bad", ["layers.0.attn.wq_a.weight", "layers.42.ffn.w1.weight"], DSV4_CONFIG)
-    assert ep.check_mtp_tensors(str(good), {}) == "1 MTP tensors found"
-    with pytest.raises(ep.EntrypointError, match=r"mtp\.\* or model\.layers\.43\.\* absent among 2 tensors"):
-        ep.check_mtp_tensors(str(bad), {})
-
-
-def test_preflight_finds_a_repo_id_in_the_hugging_face_cache(tmp_path):
-    hub = tmp_path / "hf" / "hub" / "models--RedHatAI--DeepSeek-V4-Flash-NVFP4-FP8"
-    (hub / "refs").mkdir(parents=True)
-    (hub / "refs" / "main").write_text("abc123")
-    _sharded_checkpoint(hub / "snapshots" / "abc123", ["layers.0.attn.wq_a.weight"], DSV4_CONFIG)
-    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
-    with pytest.raises(ep.EntrypointError, match="RedHatAI/DeepSeek-V4-Flash-NVFP4-FP8 holds no MTP tensors"):
-        ep.check_mtp_tensors("RedHatAI/DeepSeek-V4-Flash-NVFP4-FP8", env)
+def test_a_case_the_checkpoint_module_does_not_know_is_not_checked_rather_than_a_traceback(monkeypatch):
+    def broken(*args):
+        raise TypeError("unexpected\nthing")
+    monkeypatch.setattr(ep.checkpoint, "check_mtp", broken)
+    assert ep.check_mtp_tensors("/models/x", {}) == "not checked (the preflight failed on it: TypeError: unexpected thing)"
 
 
 def test_preflight_does_not_refuse_what_it_cannot_read(tmp_path):
     env = {"HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     assert ep.check_mtp_tensors("canada-quant/DeepSeek-V4-Flash-NVFP4-FP8-MTP", env).startswith("not checked")
+
+
+def test_the_entrypoint_runs_from_the_image_layout(tiny_checkpoints, tmp_path):
+    """In the image entrypoint.py and checkpoint.py sit side by side in /opt/dsv4-flash/ with no
+    dsv4_images package: the script must import its sibling and refuse or pass as on the host."""
+    opt = tmp_path / "opt"
+    opt.mkdir()
+    for name in ("entrypoint.py", "checkpoint.py"):
+        shutil.copy(Path(ep.__file__).with_name(name), opt / name)
+    (tmp_path / "serve.json").write_text(json.dumps(defaults("cpu")))
+    env = {"PATH": os.environ["PATH"], "DSV4_DEFAULTS": str(tmp_path / "serve.json"), "HOME": str(tmp_path)}
+
+    def run(model: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-E", "-s", str(opt / "entrypoint.py"), "--preflight-only"],
+                              env={**env, "MODEL": model}, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+    ok, stripped = run(str(tiny_checkpoints / "with-mtp")), run(str(tiny_checkpoints / "stripped"))
+    assert ok.returncode == 0 and "44 MTP tensors found" in ok.stderr, ok.stderr
+    assert stripped.returncode == 3 and "holds no MTP tensors" in stripped.stderr and "Traceback" not in stripped.stderr
 
 
 # ---- preflight: GPU --------------------------------------------------------------------------
