@@ -1,4 +1,4 @@
-"""Render Dockerfile.<target> and serve_defaults/<target>.json from templates/ and matrix.toml.
+"""Render Dockerfile.<target>, serve_defaults/<target>.json and deploy/ from templates/ and matrix.toml.
 
 Rendering is byte-for-byte deterministic: it depends on the matrix and the templates only
 (never on the owner, the time or the machine). `check` compares against the committed files.
@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath
 import jinja2
 
 from . import REPO_ROOT
+from .deploy import render_files as render_deploy_files
 from .errors import UserError
 from .matrix import Matrix, Target
 
@@ -107,6 +108,7 @@ def render_all(matrix: Matrix) -> dict[str, str]:
     for target in matrix.targets.values():
         files[f"Dockerfile.{target.name}"] = render_dockerfile(matrix, target)
         files[f"{SERVE_DEFAULTS_DIR}/{target.name}.json"] = json.dumps(serve_defaults(target), indent=2, sort_keys=True) + "\n"
+    files.update(render_deploy_files(matrix))  # deploy/k8s/, deploy/compose/
     return files
 
 
