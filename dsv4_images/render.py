@@ -1,4 +1,4 @@
-"""Render Dockerfile.<target> and serve_defaults/<target>.json from templates/ and matrix.toml.
+"""Render Dockerfile.<target>, serve_defaults/<target>.json and deploy/ from templates/ and matrix.toml.
 
 Rendering is byte-for-byte deterministic: it depends on the matrix and the templates only
 (never on the owner, the time or the machine). `check` compares against the committed files.
@@ -13,6 +13,7 @@ from pathlib import Path, PurePosixPath
 import jinja2
 
 from . import REPO_ROOT
+from .deploy import render_files as render_deploy_files
 from .errors import UserError
 from .matrix import Matrix, Target
 
@@ -52,6 +53,7 @@ def render_all(matrix: Matrix) -> dict[str, str]:
     for target in matrix.targets.values():
         files[target.dockerfile] = render_dockerfile(matrix, target)
         files[target.serve_defaults_path] = json.dumps(target.serve_defaults(), indent=2, sort_keys=True) + "\n"
+    files.update(render_deploy_files(matrix))  # deploy/k8s/, deploy/compose/
     return files
 
 
