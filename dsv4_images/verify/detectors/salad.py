@@ -1,0 +1,107 @@
+"""Token and symbol salad: prose made of pieces that are not words.
+
+Principle. A corrupted decoder emits vocabulary pieces out of order: sub-word fragments, code
+fragments and symbols strung together. A Latin-script word of prose has a shape: letters in one
+case pattern (lower, Capitalised, UPPER, or camelCase with case changing at most every other
+letter), digits where units, ordinals, versions and identifiers put them (at most two changes
+between letters and digits: 10ms, sha256, gpt4o, base64Payload), and no more than one symbol
+inside it (don't, e-mail, km/h, 3.14). A whitespace token that breaks the shape is junk:
+
+- two or more different symbols in it that are neither word punctuation nor an expression
+  ("xq_!@z", "tr%$w", "=|Vb"; `f(x)=x^2+1`, `arr[::-1]`, `a<=b` are expressions, C++ one symbol);
+- letters and digits alternating three times or more ("m4r1a", "1z1z");
+- case flipping on half of its letters or more, in words of four letters or more ("bEcAuSe");
+- five letters or more with no vowel, not an acronym ("qwrtp").
+
+Prose is salad when junk is dense: at least 30% of ten or more tokens, or three junk tokens within
+five consecutive ones. Symbol salad shows in brackets: a line of prose (not a table row) with three
+or more brackets that close nothing or never close, after enumerators ("a)", "2)"), emoticons
+and intervals ("[0, 1)") are set aside. Code, inline code and math are not read. Real words in a meaningless order
+are not salad by shape; the answer checks catch those.
+"""
+
+from __future__ import annotations
+
+import re
+
+from . import Finding
+from .scripts import script_of
+
+VOWELS = set("aeiouyAEIOUYàáâäèéêëìíîïòóôöùúûüÿ")
+EDGE = ".,;:!?\"'()[]{}<>*_`~“”‘’«»…。，、；：！？（）【】《》"
+WORD_PUNCT = set("-'’_/.,")
+EXPRESSION = re.compile(r"[\w.\[\](){}:,=+\-*/<>!%&|^~'\"²³√×÷≤≥≠≈±∞·]+")
+
+
+def _alternations(core: str) -> int:
+    return max((len(re.findall(r"[^\W\d_]+|\d+", part)) - 1 for part in re.split(r"[-_./]", core) if part), default=0)
+
+
+def _case_flips(word: str) -> float:
+    letters = [c for c in word if c.isalpha()]
+    if len(letters) < 4 or word.islower() or word.isupper() or word.rstrip("s").isupper():
+        return 0.0
+    flips = sum(1 for a, b in zip(letters, letters[1:]) if a.islower() != b.islower())
+    return flips / len(letters)
+
+
+def _expression(core: str) -> bool:
+    """Code or math written in prose: identifiers and numbers joined by operators and brackets,
+    starting and ending like an operand (f(x)=x^2+1, arr[::-1], a<=b)."""
+    if not EXPRESSION.fullmatch(core) or not re.search(r"[()\[\]{}=+^<>*]", core):
+        return False
+    if not (core[0].isalnum() or core[0] in "([{") or not (core[-1].isalnum() or core[-1] in ")]}'\""):
+        return False
+    return all(_case_flips(w) < 0.5 for w in re.findall(r"[A-Za-z]+", core))
+
+
+def junk(token: str) -> bool:
+    core = token.strip(EDGE)
+    if len(core) < 3 or any(script_of(c) not in (None, "latin") for c in core):
+        return False
+    if re.fullmatch(r"https?://\S+|[\w.+-]+@[\w.-]+\.\w+|[/~.]?[\w.-]+(?:/[\w.-]+)+/?", core):
+        return False      # URLs, e-mail addresses, paths
+    symbols = {c for c in core if not c.isalnum() and c not in WORD_PUNCT}
+    if len(symbols) >= 2 and not _expression(core):
+        return True
+    if _alternations(core) >= 3:
+        return True
+    words = re.findall(r"[^\W\d_]+", core)
+    if any(_case_flips(w) >= 0.5 for w in words):
+        return True
+    return any(len(w) >= 5 and not w.isupper() and not any(c in VOWELS for c in w) for w in words)
+
+
+ENUMERATOR = re.compile(r"(?<!\S)\w{1,2}\)")
+
+
+def unmatched_brackets(line: str) -> int:
+    """Brackets of a prose line that close nothing or are never closed; ( and [ close each other
+    (intervals: [0, 1)), and "a)" / "2)" enumerators are not brackets."""
+    line = ENUMERATOR.sub(" ", re.sub(r"[:;]-?[()\]\[]", " ", line))     # emoticons
+    depth, stray = 0, 0
+    for c in line:
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            if depth:
+                depth -= 1
+            else:
+                stray += 1
+    return stray + depth
+
+
+def token_salad(prose: str) -> list[Finding]:
+    words = [w for w in prose.split() if w.strip(EDGE)]
+    flags = [junk(w) for w in words]
+    total = sum(flags)
+    dense = len(words) >= 10 and total / len(words) >= 0.3
+    clustered = any(sum(flags[i:i + 5]) >= 3 for i in range(max(1, len(flags) - 4)))
+    if total and (dense or clustered):
+        shown = " ".join(w for w, f in zip(words, flags) if f)[:60]
+        return [Finding("token-salad", f"{total}/{len(words)} tokens read as no word, e.g. {shown!r}")]
+    for line in prose.splitlines():
+        if not line.lstrip().startswith("|") and unmatched_brackets(line) >= 3:
+            return [Finding("token-salad", f"{unmatched_brackets(line)} unmatched brackets in one line of prose: "
+                                           f"{' '.join(line.split())[:60]!r}")]
+    return []
