@@ -87,6 +87,13 @@ def test_terms_and_set_off_names_in_chinese_are_not_flagged(text):
     assert "script-mixing" not in symptoms(text, prompt="请解释。", lang="zh")
 
 
+def test_a_script_the_answer_presents_is_one_it_discusses():
+    text = "Kyoto (京都) means capital city: 京 (kyō) means capital and 都 (to) means metropolis."
+    assert "script-mixing" not in symptoms(text, prompt="What does Kyoto mean?", lang="en")
+    assert "script-mixing" in symptoms("The result is 12 and 都 is fine.", prompt="?", lang="en")
+    assert "script-mixing" in symptoms("Kyoto (京都) is old, and the result是 12.", prompt="?", lang="en")
+
+
 def test_language_is_read_from_the_prompt_when_not_given():
     zh = "设兔有 x 只，解得 x = 12。"
     assert "script-mixing" not in symptoms(zh, prompt="兔有多少只？")
@@ -137,6 +144,7 @@ def test_control_characters_but_not_emoji_joiners():
 
 def test_mojibake_but_not_accented_text():
     assert "mojibake" in symptoms("Un cafÃ© au lait.", prompt="French?")
+    assert "mojibake" in symptoms("æˆ‘å¾ˆå¥½ï¼Œè°¢è°¢ï¼", prompt="你好吗？")        # the last byte lost: still read
     assert "mojibake" in symptoms("长城锟斤拷是古代工程。", prompt="长城？")
     assert detect("Un café au lait à Besançon, «très bon», Ærø and Øresund.", prompt="French?") == []
 
@@ -160,8 +168,17 @@ def test_token_salad_but_not_identifiers_units_or_math():
     assert detect(clean, prompt="?") == []
 
 
+def test_symbol_salad_by_doubled_symbols_and_stray_brackets():
+    assert "token-salad" in symptoms("An API lets programs talk. Ret_urn kwargs>>= $$nil ##deprec}} ruleset-- 0xff;; ok.",
+                                     prompt="?")
+    assert "token-salad" in symptoms("Energy. ationally izing ]] ();\n\t_DEFINE ),\n ernel apples.", prompt="?")
+    clean = "If a==b and x<<2 holds, C++ and C# agree; see [the docs](https://x.org) (or [0, 1)), 1) one 2) two."
+    assert "token-salad" not in symptoms(clean, prompt="?")
+
+
 @pytest.mark.parametrize("text", [
     "the the the the the the the the",
+    "```python\nfor i in range(3):\n    print(i)\n```\n\n" * 4,
     "Ann is 18. So Ann is 18 years old. So Ann is 18 years old. So Ann is 18 years old.",
     "从数据中学习，从数据中学习，从数据中学习，从数据中学习，从数据中学习，从数据中学习。",
     "竹子竹子竹子竹子竹子竹子竹子竹子",

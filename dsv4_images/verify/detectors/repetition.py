@@ -9,7 +9,7 @@ characters and puts no spaces between words, so units are characters and clauses
   letters, repeated back to back: 12 times for one character, 6 times for a unit of weight 2 or
   more ("the the the ..."), 4 times from weight 6, 3 times from weight 15.
 - Across units (sentences and clauses of prose, split at . ! ? 。！？，；、 and line breaks; lines
-  of code): a block of 1..12 consecutive units that recurs immediately: 6 copies of weight 2 or
+  of code; whole code blocks): a block of 1..12 consecutive units that recurs immediately: 6 copies of weight 2 or
   more (a list item or a line of code in a loop), 3 copies of weight 12 or more (a sentence loop),
   or 2 copies of weight 40 or more (a sentence or a paragraph said twice).
 - Anywhere in the prose: the same sentence of weight 40 or more four times or more (a reasoning
@@ -21,6 +21,7 @@ Texts over 24,000 characters are read at their first and last 12,000 (loops run 
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from . import Finding
 from .scripts import CJK, script_of
@@ -34,17 +35,39 @@ def weight(text: str) -> int:
     return sum(2 if script_of(c) in CJK else 1 for c in text if script_of(c))
 
 
+@lru_cache(maxsize=64)
+def _longer_than(n: int) -> re.Pattern:
+    return re.compile(rf"(.{{{n + 1},60}}?)\1{{2,}}")
+
+
+def _loop(m: re.Match[str]) -> Finding | None:
+    unit, copies = m.group(1), len(m.group(0)) // len(m.group(1))
+    core = re.sub(r"[\W_]+$", "", unit)
+    if core and m.string.startswith(core, m.end()):
+        copies += 1           # the last copy, without its trailing space or comma
+    letters = sum(1 for c in unit if script_of(c))
+    w = weight(unit)
+    need = 12 if len(unit.strip()) <= 1 else 6 if w < 6 else 4 if w < 15 else 3
+    if letters and letters * 2 >= len(unit.replace(" ", "")) and copies >= need:
+        return Finding("repetition", f"{unit.strip()[:40]!r} {copies} times in a row")
+    return None
+
+
 def _inline(text: str) -> Finding | None:
     for line in text.splitlines():
-        for m in INLINE.finditer(line):
-            unit, copies = m.group(1), len(m.group(0)) // len(m.group(1))
-            letters = sum(1 for c in unit if script_of(c))
-            if not letters or letters * 2 < len(unit.replace(" ", "")):
-                continue
-            w = weight(unit)
-            need = 12 if len(unit.strip()) <= 1 else 6 if w < 6 else 4 if w < 15 else 3
-            if copies >= need:
-                return Finding("repetition", f"{unit.strip()[:40]!r} {copies} times in a row")
+        pos = 0
+        while (m := INLINE.search(line, pos)) is not None:
+            start = m.start()
+            for _ in range(3):        # a short repeat ("aaa") may open a longer loop at the same place
+                found = _loop(m)
+                if found:
+                    return found
+                if len(m.group(1)) >= 60 or not any(script_of(c) for c in m.group(0)):
+                    break
+                m = _longer_than(len(m.group(1))).match(line, start)
+                if m is None:
+                    break
+            pos = start + 1
     return None
 
 
@@ -93,4 +116,6 @@ def repetition(text: str, prose: str, code_bodies: list[str]) -> list[Finding]:
         if found:
             break
         found = _blocks([" ".join(line.split()) for line in body.splitlines() if line.strip()], "code")
+    if not found:
+        found = _blocks([" ".join(body.split()) for body in code_bodies if body.strip()], "code-block")
     return [found] if found else []

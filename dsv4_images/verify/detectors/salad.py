@@ -8,14 +8,15 @@ between letters and digits: 10ms, sha256, gpt4o, base64Payload), and no more tha
 inside it (don't, e-mail, km/h, 3.14). A whitespace token that breaks the shape is junk:
 
 - two or more different symbols in it that are neither word punctuation nor an expression
-  ("xq_!@z", "tr%$w", "=|Vb"; `f(x)=x^2+1`, `arr[::-1]`, `a<=b` are expressions, C++ one symbol);
+  ("xq_!@z", "tr%$w", "=|Vb"; `f(x)=x^2+1`, `arr[::-1]`, `a<=b` are expressions, C++ one symbol),
+  or a doubled code symbol stuck to letters outside an expression ("$$nil", "##deprec", "0xff;;");
 - letters and digits alternating three times or more ("m4r1a", "1z1z");
 - case flipping on half of its letters or more, in words of four letters or more ("bEcAuSe");
 - five letters or more with no vowel, not an acronym ("qwrtp").
 
 Prose is salad when junk is dense: at least 30% of ten or more tokens, or three junk tokens within
-five consecutive ones. Symbol salad shows in brackets: a line of prose (not a table row) with three
-or more brackets that close nothing or never close, after enumerators ("a)", "2)"), emoticons
+five consecutive ones. Symbol salad shows in brackets: a paragraph of prose (table rows aside) with
+three or more brackets that close nothing or never close (counted line by line), after enumerators ("a)", "2)"), emoticons
 and intervals ("[0, 1)") are set aside. Code, inline code and math are not read. Real words in a meaningless order
 are not salad by shape; the answer checks catch those.
 """
@@ -30,6 +31,7 @@ from .scripts import script_of
 VOWELS = set("aeiouyAEIOUYàáâäèéêëìíîïòóôöùúûüÿ")
 EDGE = ".,;:!?\"'()[]{}<>*_`~“”‘’«»…。，、；：！？（）【】《》"
 WORD_PUNCT = set("-'’_/.,")
+DOUBLED = re.compile(r"([$#@%^&=|\\;<>])\1")
 EXPRESSION = re.compile(r"[\w.\[\](){}:,=+\-*/<>!%&|^~'\"²³√×÷≤≥≠≈±∞·]+")
 
 
@@ -63,6 +65,8 @@ def junk(token: str) -> bool:
         return False      # URLs, e-mail addresses, paths
     symbols = {c for c in core if not c.isalnum() and c not in WORD_PUNCT}
     if len(symbols) >= 2 and not _expression(core):
+        return True
+    if DOUBLED.search(token) and re.search(r"[^\W_]", token) and not _expression(core):
         return True
     if _alternations(core) >= 3:
         return True
@@ -100,8 +104,10 @@ def token_salad(prose: str) -> list[Finding]:
     if total and (dense or clustered):
         shown = " ".join(w for w, f in zip(words, flags) if f)[:60]
         return [Finding("token-salad", f"{total}/{len(words)} tokens read as no word, e.g. {shown!r}")]
-    for line in prose.splitlines():
-        if not line.lstrip().startswith("|") and unmatched_brackets(line) >= 3:
-            return [Finding("token-salad", f"{unmatched_brackets(line)} unmatched brackets in one line of prose: "
-                                           f"{' '.join(line.split())[:60]!r}")]
+    for paragraph in re.split(r"\n\s*\n", prose):
+        lines = [line for line in paragraph.splitlines() if not line.lstrip().startswith("|")]
+        stray = sum(unmatched_brackets(line) for line in lines)
+        if stray >= 3:
+            return [Finding("token-salad", f"{stray} unmatched brackets in one paragraph of prose: "
+                                           f"{' '.join(' '.join(lines).split())[:60]!r}")]
     return []

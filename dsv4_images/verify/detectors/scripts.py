@@ -14,7 +14,8 @@ language should be:
 - a standalone run of foreign words inside a host sentence ("..., 所以我们 get b = 6"): unless
   the text sets it off as a name or term: enclosed in brackets, quotes (any style, 「」《》«»
   included) or emphasis, alone in a table cell, after a label colon or dash, alone on a short
-  line, or in a sentence that names its language ("the Russian word ...");
+  line, or in a sentence that names its language ("the Russian word ..."). Once the answer sets
+  off a script so, it is discussing that script: its other whole words are mentions too;
 - Greek is also the alphabet of mathematics: a run of one or two Greek letters is a symbol (π, Δx,
   μs, μmol, 9π) unless it sits inside a word: letters on both sides ("calcuλate"), or glued to
   three or more letters of a spaced host script ("σort").
@@ -22,8 +23,9 @@ language should be:
 Latin is the one script every language uses for terms, names, units, variables and identifiers,
 so Latin tokens in a CJK or other non-Latin host are never foreign by themselves; Latin *prose*
 inside a host sentence is: a run of lowercase English words holding function words ("从数据中
-the patterns and 规律"). Limits: a single stray Latin letter inside Chinese cannot be told from a
-variable and is not flagged; a foreign word the text sets off is trusted.
+the patterns and 规律"), unless quoted, bracketed or labelled; a whole English paragraph is a
+choice of language, not a fragment. Limits: a single stray Latin letter inside Chinese cannot be
+told from a variable and is not flagged; a foreign word the text sets off is trusted.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ LANGUAGE_NAMES = [
 LANGUAGE_NAME = [(re.compile(rf"(?<![A-Za-z])(?:{p})(?![a-z])", re.I), s) for p, s in LANGUAGE_NAMES]
 OPENERS = "([{（【〔［｛<《〈「『\"'“‘«‹*_"
 CLOSERS = ")]}）】〕］｝>》〉」』\"'”’»›*_"
-LABEL_MARKS = ":：=—–-→>|"
+LABEL_MARKS = ":：—–-→|"
 JOINERS = " ·・'’-‐"
 # English function words that are not also common programming keywords or identifiers, and the
 # wider set used when several Latin words already read as a phrase.
@@ -263,7 +265,7 @@ def foreign_letters(prose: str, host: set[str], invited: set[str]) -> list[Findi
     allowed = host | invited
     if not host & {"latin"}:
         allowed = allowed | {"latin"}
-    findings = []
+    findings, standalone, presented = [], [], set()
     for start, end, script in _runs(prose, allowed):
         run = prose[start:end]
         letters = sum(1 for c in run if script_of(c))
@@ -282,12 +284,16 @@ def foreign_letters(prose: str, host: set[str], invited: set[str]) -> list[Findi
                                                      f"{excerpt(prose, start, end)!r}"))
             continue
         s_left, s_right = _sentence_bounds(prose, start, end)
-        if script in named_scripts(prose[s_left:s_right]):
+        if script in named_scripts(prose[s_left:s_right]) or letters <= 60 and set_off(prose, start, end, letters <= 30):
+            presented.add(script)
             continue
-        if letters <= 60 and set_off(prose, start, end, short=letters <= 30):
-            continue
-        findings.append(Finding("script-mixing", f"{script} {run!r} in {'/'.join(sorted(host))} prose: "
-                                                 f"{excerpt(prose, start, end)!r}"))
+        standalone.append((start, end, script))
+    # A script the answer presents deliberately somewhere (a set-off name, a quoted line) is one it
+    # is discussing: its other whole words are mentions too. Letters glued into words never are.
+    for start, end, script in standalone:
+        if script not in presented:
+            findings.append(Finding("script-mixing", f"{script} {prose[start:end]!r} in {'/'.join(sorted(host))} prose: "
+                                                     f"{excerpt(prose, start, end)!r}"))
     return findings
 
 

@@ -114,6 +114,29 @@ def control_chars(text: str) -> list[Finding]:
     return findings
 
 
+def _utf8_sequences(run: str) -> str:
+    """The characters that whole UTF-8 sequences among the run's Windows-1252 bytes decode to
+    (a run cut short, or a byte 1252 cannot show, still leaves the rest readable)."""
+    try:
+        data = run.encode("cp1252")
+    except UnicodeError:
+        return ""
+    out, i = [], 0
+    while i < len(data):
+        b = data[i]
+        n = 2 if 0xC2 <= b <= 0xDF else 3 if 0xE0 <= b <= 0xEF else 4 if 0xF0 <= b <= 0xF4 else 0
+        chunk = data[i:i + n]
+        if n and len(chunk) == n and all(0x80 <= c <= 0xBF for c in chunk[1:]):
+            try:
+                out.append(chunk.decode("utf-8"))
+                i += n
+                continue
+            except UnicodeError:
+                pass
+        i += 1
+    return "".join(out)
+
+
 def _undoes(run: str, codec: str) -> str | None:
     try:
         fixed = run.encode(codec).decode("utf-8")
@@ -124,7 +147,7 @@ def _undoes(run: str, codec: str) -> str | None:
 
 def mojibake(text: str) -> list[Finding]:
     for m in MOJIBAKE.finditer(text):
-        fixed = _undoes(m.group(0), "cp1252")
+        fixed = _utf8_sequences(m.group(0))
         if fixed:
             return [Finding("mojibake", f"{m.group(0)!r} is UTF-8 read as Windows-1252 ({fixed!r})")]
     for m in re.finditer(r"[\u4e00-\u9fff]{2,}", text):
