@@ -101,6 +101,11 @@ def test_language_is_read_from_the_prompt_when_not_given():
     assert "script-mixing" not in symptoms(zh, prompt="Answer in Chinese: how many rabbits?")
 
 
+def test_an_unknown_language_code_falls_back_to_the_prompt():
+    assert "script-mixing" not in symptoms("兔有 12 只。", prompt="兔有多少只？", lang="mixed")
+    assert "script-mixing" in symptoms("兔有 12 只。", prompt="How many rabbits?", lang="xx")
+
+
 def test_code_and_math_are_not_read_for_scripts_or_markup():
     text = "Run this:\n\n```python\nprint('поэтому 所以 <div>')\n```\n\nand `x = '東京'` then $\\alpha + \\beta$."
     assert detect(text, prompt="Show code.", lang="en") == []
@@ -113,6 +118,11 @@ def test_code_and_math_are_not_read_for_scripts_or_markup():
                                    "<tool_call>", "<0x0A>"])
 def test_special_tokens_of_every_family_are_leaks(token):
     assert "special-token" in symptoms(f"The answer is 4.{token} It is even.", prompt="2+2?")
+
+
+@pytest.mark.parametrize("fragment", ["<｜end▁of", "<|im_end", "<|eot"])
+def test_special_tokens_cut_in_half_are_leaks(fragment):
+    assert "special-token" in symptoms(f"The answer is 4 {fragment}", prompt="2+2?", finish_reason="length")
 
 
 def test_special_tokens_quoted_in_the_prompt_are_not_leaks():
@@ -188,6 +198,18 @@ def test_symbol_salad_by_doubled_symbols_and_stray_brackets():
 ])
 def test_repetition_at_every_level(text):
     assert "repetition" in symptoms(text, prompt="?", finish_reason="length")
+
+
+def test_filler_loops_but_not_separators_or_big_numbers():
+    assert "repetition" in symptoms("Done." + "\n" * 12 + "More.", prompt="?")
+    assert "repetition" in symptoms("Great job! " + "🎉" * 15, prompt="?", finish_reason="length")
+    clean = "Total\n" + "=" * 40 + "\n\n10^15 = 1000000000000000.\n\n---\n\nGreat job! 🎉🎉🎉"
+    assert detect(clean, prompt="?") == []
+
+
+def test_a_directory_tree_in_prose_is_not_salad():
+    tree = "project/\n├── src/\n│   ├── main.py\n│   └── util.py\n├── tests/\n│   └── test_main.py\n├── docs/\n└── README.md"
+    assert detect(tree, prompt="Show the layout.") == []
 
 
 def test_legitimate_repetition_and_the_tiny_model_cycle_are_not_loops():

@@ -15,6 +15,10 @@ characters and puts no spaces between words, so units are characters and clauses
 - Anywhere in the prose: the same sentence of weight 40 or more four times or more (a reasoning
   loop with variations in between).
 
+- Filler: six or more blank lines in a row, or in prose one or two symbols (an emoji, "!") twelve
+  times or more; Markdown's rule and separator characters (- = _ * ~ # . | + : /) and digits are
+  not filler ("====" separators, 1000000000000).
+
 Texts over 24,000 characters are read at their first and last 12,000 (loops run to the end).
 """
 
@@ -105,10 +109,27 @@ def _recurring(units: list[str]) -> Finding | None:
     return None
 
 
+BLANK_RUN = re.compile(r"\n(?:[ \t]*\n){6,}")
+SYMBOL_LOOP = re.compile(r"([^\w\s\-=_*~#.|+:/\\`]{1,2})\1{11,}")
+
+
+def _filler(text: str, prose: str) -> Finding | None:
+    """Whitespace or symbols emitted in a loop: six or more blank lines in a row, or in prose a
+    unit of one or two symbols (not the - = _ * ~ # . | + : / rules and separators Markdown draws
+    with, not digits) twelve times or more."""
+    m = BLANK_RUN.search(text)
+    if m:
+        return Finding("repetition", f"{m.group(0).count(chr(10)) - 1} blank lines in a row")
+    m = SYMBOL_LOOP.search(prose)
+    if m:
+        return Finding("repetition", f"{m.group(1)!r} {len(m.group(0)) // len(m.group(1))} times in a row")
+    return None
+
+
 def repetition(text: str, prose: str, code_bodies: list[str]) -> list[Finding]:
     if len(text) > 24000:
         text, prose = text[:12000] + "\n" + text[-12000:], prose[:12000] + "\n" + prose[-12000:]
-    found = _inline(text)
+    found = _inline(text) or _filler(text, prose)
     if not found:
         units = _units(prose)
         found = _blocks(units, "prose") or _recurring(units)

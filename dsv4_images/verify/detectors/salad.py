@@ -63,6 +63,8 @@ def junk(token: str) -> bool:
         return False
     if re.fullmatch(r"https?://\S+|[\w.+-]+@[\w.-]+\.\w+|[/~.]?[\w.-]+(?:/[\w.-]+)+/?", core):
         return False      # URLs, e-mail addresses, paths
+    if not any(c.isalnum() for c in core):
+        return False      # pure symbols (├──, -->, &&) are graphics or operators; brackets are judged below
     symbols = {c for c in core if not c.isalnum() and c not in WORD_PUNCT}
     if len(symbols) >= 2 and not _expression(core):
         return True

@@ -3,7 +3,7 @@
 Principle. Every letter (and script-specific mark) has a Unicode script, read from its Unicode
 name ("CYRILLIC SMALL LETTER A", "CJK UNIFIED IDEOGRAPH-5B66", "HANGUL SYLLABLE GA"; letters
 named without a script, such as MICRO SIGN or the mathematical alphabets, belong to none). The
-answer's *host* scripts are those of its language: the prompt's `lang` when given, else the
+answer's *host* scripts are those of its language: the `lang` code when given and known, else the
 dominant script of the prompt (any CJK letters make it a CJK prompt), else of the answer itself.
 The scripts the prompt uses or names ("in Japanese", "俄语") are invited too. Code, inline code
 and math are not read (see markdown.py). Over the remaining prose, a letter of any other script
@@ -61,6 +61,8 @@ LANG_SCRIPTS = {
     "mr": {"devanagari"}, "ne": {"devanagari"}, "bn": {"bengali"}, "ta": {"tamil"}, "ka": {"georgian"},
     "hy": {"armenian"},
 }
+LATIN_LANGS = set("""en fr de es it pt nl sv no nb nn da fi is et lv lt pl cs sk sl hr bs hu ro sq tr az uz vi id ms
+tl sw ca eu gl ga cy mt la eo af""".split())
 # Names of languages and scripts, in English and Chinese: a prompt naming one invites its scripts,
 # an answer naming one in a sentence sets off that sentence's words of that script.
 LANGUAGE_NAMES = [
@@ -123,9 +125,11 @@ def counts(text: str) -> dict[str, int]:
 
 def host_scripts(lang: str | None, prompt: str, answer_prose: str) -> set[str]:
     """The scripts of the answer's language (see the module docstring)."""
-    if lang:
-        code = lang.lower().replace("_", "-").split("-")[0]
-        return set(LANG_SCRIPTS.get(code, {"latin"}))
+    code = (lang or "").lower().replace("_", "-").split("-")[0]
+    if code in LANG_SCRIPTS:
+        return set(LANG_SCRIPTS[code])
+    if code in LATIN_LANGS:
+        return {"latin"}
     for source in (prompt, answer_prose):
         c = counts(source)
         if not c:

@@ -6,7 +6,8 @@ of token names: DeepSeek `<｜...｜>` (fullwidth bars), ChatML / GPT / Llama 3 
 (`<|im_start|>`, `<|eot_id|>`, `<|start_header_id|>`), Llama 2 / Mistral `[INST]`, `[/INST]`,
 `<<SYS>>`, `[TOOL_CALLS]`, Gemma `<start_of_turn>`, SentencePiece `<s>`, `</s>`, `<unk>`, `<pad>`,
 T5 `<extra_id_N>`, BERT `[CLS]`, `[SEP]`, `[MASK]`, tool-call tags `<tool_call>`, and byte-fallback
-tokens `<0x0A>`. One counts, anywhere outside code, unless the prompt quotes it. Think tags are
+tokens `<0x0A>`; also a token cut in half (`<｜` or `｜>`, `<|im_end` without its bar). One counts,
+anywhere outside code, unless the prompt quotes it. Think tags are
 expected only as one leading block (`<think>...</think>` at the start, or a bare `</think>` when
 the template opened it); any other think tag is a leak.
 
@@ -48,7 +49,8 @@ SPECIAL_TOKEN = re.compile(
     r"|</?s>|<(?:unk|pad|mask|bos|eos|sep|cls)>|</?(?:start|end)_of_turn>|<extra_id_\d+>"      # SentencePiece, Gemma, T5
     r"|\[(?:PAD|UNK|CLS|SEP|MASK)\]"                                                          # BERT
     r"|</?(?:tool_call|tool_response|function_call)s?>"
-    r"|<0x[0-9A-Fa-f]{2}>")                                                                   # byte fallback
+    r"|<0x[0-9A-Fa-f]{2}>"                                                                    # byte fallback
+    r"|<｜|｜>|<\|(?:im_|end|eot|eom|start_|begin_|reserved|fim_|endof|system|user|assistant)\w*")  # cut-off halves
 THINK = re.compile(r"</?think>")
 BPE_MARKER = re.compile(r"(?<=[^\W_])[ĠĊ]|▁(?=[^\W\d_])")
 ALLOWED_FORMAT = {0x200C, 0x200D} | set(range(0xE0020, 0xE0080))
