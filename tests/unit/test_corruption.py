@@ -182,7 +182,8 @@ def test_symbol_salad_by_doubled_symbols_and_stray_brackets():
     assert "token-salad" in symptoms("An API lets programs talk. Ret_urn kwargs>>= $$nil ##deprec}} ruleset-- 0xff;; ok.",
                                      prompt="?")
     assert "token-salad" in symptoms("Energy. ationally izing ]] ();\n\t_DEFINE ),\n ernel apples.", prompt="?")
-    clean = "If a==b and x<<2 holds, C++ and C# agree; see [the docs](https://x.org) (or [0, 1)), 1) one 2) two."
+    clean = ("If a==b and x<<2 holds, C++ and C# agree; see [the docs](https://x.org) (or [0, 1)), 1) one 2) two. "
+             "Alpha (Α α), beta (Β β) and gamma (Γ γ) come first; a) red b) blue iv) green.")
     assert "token-salad" not in symptoms(clean, prompt="?")
 
 
@@ -198,6 +199,11 @@ def test_symbol_salad_by_doubled_symbols_and_stray_brackets():
 ])
 def test_repetition_at_every_level(text):
     assert "repetition" in symptoms(text, prompt="?", finish_reason="length")
+
+
+def test_a_list_item_that_loops_with_a_new_number_each_time():
+    days = "\n".join(f"{i}. {d}" for i, d in enumerate(["Monday", "Tuesday"] + ["Sunday"] * 8, 1))
+    assert "repetition" in symptoms(days, prompt="Days?", finish_reason="length")
 
 
 def test_filler_loops_but_not_separators_or_big_numbers():
@@ -264,6 +270,7 @@ def test_a_length_stop_at_the_servers_context_window_is_not_blamed_on_the_model(
 @pytest.mark.parametrize("text", [
     "Maria takes 8 apples, leaving 16. Tom then takes 5 of the",
     "Regular exercise strengthens the heart, improves sleep,",
+    "The side of Earth facing the Moon is pulled toward",
     "Here is the function:\n\n```python\ndef f(x):\n    return",
     "机器学习是人工智能的一个分支，它让计算机从数据中学习规律，并且",
     "The answer depends on the size of the input (see the note below",

@@ -9,8 +9,9 @@ the prompt's token count, and prompt + completion reaching the window explains i
 A `stop` is the model's own end, so the answer must end where a sentence or a structure can end:
 not inside an open code fence, bracket or quotation; not on a continuation mark (comma, colon,
 semicolon, dash, 、，；：); not on a word that cannot end an English sentence (an article,
-preposition, conjunction, auxiliary or possessive) or a Chinese connective (的 和 与 或 因为 ...);
-and a final paragraph that is one long prose sentence (eight English words, or twelve CJK
+preposition, conjunction, relative, quantifier, auxiliary or possessive) or a Chinese connective
+or auxiliary (的 和 与 因为 导致 会 ...);
+and a final paragraph that is one long prose sentence (twelve English words, or sixteen CJK
 characters with a clause comma) must close with terminal punctuation. Verse and lists (several
 short lines without punctuation), headings, tables and list items are exempt from that last rule.
 """
@@ -26,10 +27,14 @@ from .scripts import CJK, script_of
 REASONS = ("stop", "length", "tool_calls")
 TERMINAL = ".!?。！？…‥」』”’\"')）]】》>*_`~$|:：;；"    # ':' etc. are judged as continuation below
 CONTINUATION = ",，、;；:：-–—(（[【“‘«"
-DANGLING_EN = set("""the a an of to for with from into onto by at and or but nor because than whose my your our
-their its is are was were been has have had will would can could should shall may might must""".split())
-DANGLING_ZH = ("的", "和", "与", "及", "或", "在", "把", "被", "对", "从", "向", "因为", "所以", "但是", "如果",
-               "而且", "并且", "以及", "是", "将", "为了", "由于", "虽然", "然后", "即")
+DANGLING_EN = set("""the a an of to for with from into onto by at and or but nor because than whose which who whom
+when where while whether if unless although though so such every each either neither both any some no very more
+most less my your our their its his her is are was were be been being has have had will would can could should
+shall may might must does did toward towards among amongst between beneath beside during except upon via against
+until unlike despite regarding concerning including per""".split())
+DANGLING_ZH = ("的", "和", "与", "及", "或", "或者", "在", "把", "被", "对", "从", "向", "给", "跟", "因为", "所以",
+               "但是", "但", "而", "而且", "并且", "以及", "如果", "虽然", "由于", "为了", "然后", "即", "是", "将",
+               "会", "能", "就", "让", "使", "导致", "包括", "例如", "比如", "这", "那", "其", "一个")
 PAIRS = [("([", ")]"), ("（", "）"), ("“", "”"), ("「", "」"), ("【", "】"), ("《", "》")]   # ( and [ pair either way: [0, 1)
 STRUCTURAL = re.compile(r"^\s*(?:[-*+•>|#]|\d+[.)、]|[A-Za-z][.)]\s)")
 
@@ -88,7 +93,7 @@ def mid_sentence(layout: Layout) -> list[Finding]:
     if not earlier_closed:
         return []         # verse: several lines without punctuation
     sentence = re.split(r"(?<=[.!?。！？])\s*", last)[-1]
-    if len(re.findall(r"[A-Za-z']+", sentence)) >= 8 and re.search(r"[a-z]$", sentence) \
-            or sum(1 for ch in sentence if script_of(ch) in CJK) >= 12 and "，" in sentence:
+    if len(re.findall(r"[A-Za-z']+", sentence)) >= 12 and re.search(r"[a-z]$", sentence) \
+            or sum(1 for ch in sentence if script_of(ch) in CJK) >= 16 and "，" in sentence:
         return [Finding("stopped-mid-sentence", f"last sentence never closes: {tail!r}")]
     return []

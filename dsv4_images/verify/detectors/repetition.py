@@ -75,8 +75,13 @@ def _inline(text: str) -> Finding | None:
     return None
 
 
+LIST_MARKER = re.compile(r"^[ \t]*(?:[-*+•>]|\d+[.)、]|[A-Za-z][.)])[ \t]+", re.M)
+
+
 def _units(text: str) -> list[str]:
-    return [" ".join(u.split()).lower() for u in UNIT_END.split(text) if u and u.strip()]
+    """Sentences and clauses, lower-cased, without list markers or numbering (a list item that
+    loops keeps its text and changes its number)."""
+    return [" ".join(u.split()).lower() for u in UNIT_END.split(LIST_MARKER.sub("", text)) if u and u.strip()]
 
 
 def _blocks(units: list[str], kind: str) -> Finding | None:

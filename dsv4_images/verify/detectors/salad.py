@@ -78,21 +78,22 @@ def junk(token: str) -> bool:
     return any(len(w) >= 5 and not w.isupper() and not any(c in VOWELS for c in w) for w in words)
 
 
-ENUMERATOR = re.compile(r"(?<!\S)\w{1,2}\)")
+ENUMERATOR = re.compile(r"(?:^|\s)(?:[A-Za-z]|\d{1,2}|[ivxIVX]{1,4})$")
 
 
 def unmatched_brackets(line: str) -> int:
     """Brackets of a prose line that close nothing or are never closed; ( and [ close each other
-    (intervals: [0, 1)), and "a)" / "2)" enumerators are not brackets."""
-    line = ENUMERATOR.sub(" ", re.sub(r"[:;]-?[()\]\[]", " ", line))     # emoticons
+    (intervals: [0, 1)), a closer with nothing open after an enumerator ("a)", "2)", "iv)") is
+    not a bracket, nor are emoticons."""
+    line = re.sub(r"[:;]-?[()\]\[]", " ", line)
     depth, stray = 0, 0
-    for c in line:
+    for i, c in enumerate(line):
         if c in "([{":
             depth += 1
         elif c in ")]}":
             if depth:
                 depth -= 1
-            else:
+            elif not (c == ")" and ENUMERATOR.search(line[:i])):
                 stray += 1
     return stray + depth
 
