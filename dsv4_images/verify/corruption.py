@@ -10,7 +10,8 @@ Each detector states one principle in its module under `detectors/`; in short:
 - special-token, bpe-marker, control-char, replacement-char, mojibake, markup-fragment
   (detectors/tokens.py): tokenizer pieces by their shapes across tokenizer families, bytes that
   were not text, UTF-8 read in the wrong codec, HTML outside code when nobody asked for HTML;
-- token-salad (detectors/salad.py): dense tokens that have no word shape;
+- token-salad (detectors/salad.py): dense tokens that have no word shape, brackets that close
+  nothing, function words in an order English does not have;
 - repetition (detectors/repetition.py): a unit repeated back to back, weighed by how much it says;
 - code-syntax (detectors/code.py): a fenced block that does not parse in its declared language;
 - empty, truncated-without-reason, stopped-mid-sentence (detectors/ending.py): no text, a finish
@@ -66,7 +67,7 @@ def detect(text: str, *, prompt: str = "", finish_reason: str | None = "stop", c
     findings += script_findings[:1]
     if allow_html is None or not allow_html:
         findings += tokens.markup(prose, prompt if allow_html is None else "")
-    findings += salad.token_salad(prose)
+    findings += (salad.token_salad(prose) or salad.determiner_salad(prose))
     findings += repetition.repetition(text, prose, [b.body for b in layout.blocks])
     findings += code.code_syntax(layout.blocks)
     return findings

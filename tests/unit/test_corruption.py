@@ -178,6 +178,13 @@ def test_token_salad_but_not_identifiers_units_or_math():
     assert detect(clean, prompt="?") == []
 
 
+def test_real_words_in_an_order_english_does_not_have():
+    assert "token-salad" in symptoms("Maria the of takes apples a third the is 8 of left rest.", prompt="?")
+    clean = ("Use the for loop or the is operator; the word 'the' of the 'of'-clause, a to b, and the "
+             "to-do list are all fine.")
+    assert detect(clean, prompt="?") == []
+
+
 def test_symbol_salad_by_doubled_symbols_and_stray_brackets():
     assert "token-salad" in symptoms("An API lets programs talk. Ret_urn kwargs>>= $$nil ##deprec}} ruleset-- 0xff;; ok.",
                                      prompt="?")
@@ -185,6 +192,8 @@ def test_symbol_salad_by_doubled_symbols_and_stray_brackets():
     clean = ("If a==b and x<<2 holds, C++ and C# agree; see [the docs](https://x.org) (or [0, 1)), 1) one 2) two. "
              "Alpha (Α α), beta (Β β) and gamma (Γ γ) come first; a) red b) blue iv) green.")
     assert "token-salad" not in symptoms(clean, prompt="?")
+    wrapped = "The image (built with the cpu target,\nwhich serves the tiny model) stays small (about\n2 GB) on disk."
+    assert detect(wrapped, prompt="?") == []
 
 
 @pytest.mark.parametrize("text", [

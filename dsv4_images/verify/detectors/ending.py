@@ -34,7 +34,7 @@ shall may might must does did toward towards among amongst between beneath besid
 until unlike despite regarding concerning including per""".split())
 DANGLING_ZH = ("的", "和", "与", "及", "或", "或者", "在", "把", "被", "对", "从", "向", "给", "跟", "因为", "所以",
                "但是", "但", "而", "而且", "并且", "以及", "如果", "虽然", "由于", "为了", "然后", "即", "是", "将",
-               "会", "能", "就", "让", "使", "导致", "包括", "例如", "比如", "这", "那", "其", "一个")
+               "会", "能", "就", "让", "使", "导致", "包括", "例如", "比如", "这", "那", "其", "一个", "时", "时候")
 PAIRS = [("([", ")]"), ("（", "）"), ("“", "”"), ("「", "」"), ("【", "】"), ("《", "》")]   # ( and [ pair either way: [0, 1)
 STRUCTURAL = re.compile(r"^\s*(?:[-*+•>|#]|\d+[.)、]|[A-Za-z][.)]\s)")
 

@@ -14,11 +14,15 @@ inside it (don't, e-mail, km/h, 3.14). A whitespace token that breaks the shape 
 - case flipping on half of its letters or more, in words of four letters or more ("bEcAuSe");
 - five letters or more with no vowel, not an acronym ("qwrtp").
 
+Real words in no order show where English grammar is strict: an article or possessive determiner
+followed by another determiner, a preposition or an auxiliary ("the of", "their was").
+
 Prose is salad when junk is dense: at least 30% of ten or more tokens, or three junk tokens within
-five consecutive ones. Symbol salad shows in brackets: a paragraph of prose (table rows aside) with
-three or more brackets that close nothing or never close (counted line by line), after enumerators ("a)", "2)"), emoticons
-and intervals ("[0, 1)") are set aside. Code, inline code and math are not read. Real words in a meaningless order
-are not salad by shape; the answer checks catch those.
+five consecutive ones. Symbol salad shows in brackets: a paragraph of prose (table rows aside)
+with three or more brackets that close nothing or never close, after
+enumerators ("a)", "2)"), emoticons and intervals ("[0, 1)") are set aside. Code, inline code and
+math are not read. Other real words in a meaningless order are not salad by shape; the answer
+checks catch those.
 """
 
 from __future__ import annotations
@@ -82,7 +86,7 @@ ENUMERATOR = re.compile(r"(?:^|\s)(?:[A-Za-z]|\d{1,2}|[ivxIVX]{1,4})$")
 
 
 def unmatched_brackets(line: str) -> int:
-    """Brackets of a prose line that close nothing or are never closed; ( and [ close each other
+    """Brackets of prose that close nothing or are never closed; ( and [ close each other
     (intervals: [0, 1)), a closer with nothing open after an enumerator ("a)", "2)", "iv)") is
     not a bracket, nor are emoticons."""
     line = re.sub(r"[:;]-?[()\]\[]", " ", line)
@@ -98,6 +102,27 @@ def unmatched_brackets(line: str) -> int:
     return stray + depth
 
 
+DETERMINERS = {"the", "an", "my", "your", "our", "their"}
+NEVER_AFTER_DETERMINER = {"the", "a", "an", "my", "your", "our", "their", "its", "of", "to", "than", "into", "onto",
+                          "was", "were", "are", "been", "has", "have", "had", "would", "could", "should", "may", "might",
+                          "must", "does", "did", "because", "although", "which", "whose"}
+BARE_WORD = re.compile(r"(?<![\w'\"`‘’“”-])[a-z]+(?![\w'\"`‘’“”-])")
+
+
+def determiner_salad(prose: str) -> list[Finding]:
+    """English puts a noun or a modifier after an article or a possessive determiner, never another
+    determiner, a preposition, an auxiliary or a subordinator ("the of", "their was"): real words in
+    no order. Words quoted or hyphenated are mentions, not text; "a" is left out (it is also a
+    variable), and so are words that are also programming keywords (the for loop, the is operator)."""
+    for line in prose.splitlines():
+        words = [(m.group(0), m.start(), m.end()) for m in BARE_WORD.finditer(line)]
+        for (w1, _, e1), (w2, s2, e2) in zip(words, words[1:]):
+            if w1 in DETERMINERS and w2 in NEVER_AFTER_DETERMINER and not line[e1:s2].strip():
+                return [Finding("token-salad", f"{w1!r} then {w2!r}, an order English does not have: "
+                                               f"{' '.join(line[max(0, e1 - 30):e2 + 20].split())!r}")]
+    return []
+
+
 def token_salad(prose: str) -> list[Finding]:
     words = [w for w in prose.split() if w.strip(EDGE)]
     flags = [junk(w) for w in words]
@@ -109,7 +134,7 @@ def token_salad(prose: str) -> list[Finding]:
         return [Finding("token-salad", f"{total}/{len(words)} tokens read as no word, e.g. {shown!r}")]
     for paragraph in re.split(r"\n\s*\n", prose):
         lines = [line for line in paragraph.splitlines() if not line.lstrip().startswith("|")]
-        stray = sum(unmatched_brackets(line) for line in lines)
+        stray = unmatched_brackets(" ".join(lines))        # a bracket may open on one line and close on the next
         if stray >= 3:
             return [Finding("token-salad", f"{stray} unmatched brackets in one paragraph of prose: "
                                            f"{' '.join(' '.join(lines).split())[:60]!r}")]
