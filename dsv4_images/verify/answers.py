@@ -147,12 +147,34 @@ def bullets(text: str) -> int:
     return sum(1 for indent in items if len(indent) == min(map(len, items))) if items else 0
 
 
-def check(spec: dict, content: str) -> Verdict:
-    """Every key of `spec` must hold for `content`; the first that does not is the verdict's detail."""
-    text = content.strip()
+def validate(spec: dict) -> None:
+    """ValueError, one line, when a check is malformed (unknown key, bad regex, wrong type)."""
+    if not isinstance(spec, dict):
+        raise ValueError("an answer check is an object")
     unknown = set(spec) - set(KEYS)
     if unknown:
         raise ValueError(f"unknown answer check(s): {', '.join(sorted(unknown))}")
+    try:
+        if "regex" in spec:
+            re.compile(spec["regex"])
+        if "number" in spec:
+            float(spec["number"])
+        for key in ("bullets", "max_words", "min_words", "max_chars"):
+            if key in spec and not isinstance(spec[key], int):
+                raise ValueError(f"{key} must be an integer")
+        for key in ("json_keys", "contains"):
+            if key in spec and not (isinstance(spec[key], list) and all(isinstance(k, str) for k in spec[key])):
+                raise ValueError(f"{key} must be a list of strings")
+        if "python" in spec and not (isinstance(spec["python"], dict) and isinstance(spec["python"].get("function"), str)):
+            raise ValueError("python must be {\"function\": name, \"asserts\": [...]}")
+    except (re.error, TypeError) as exc:
+        raise ValueError(f"bad answer check: {exc}") from None
+
+
+def check(spec: dict, content: str) -> Verdict:
+    """Every key of `spec` must hold for `content`; the first that does not is the verdict's detail."""
+    validate(spec)
+    text = content.strip()
     if not text:
         return Verdict(False, "empty answer")
     if "number" in spec:

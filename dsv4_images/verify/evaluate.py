@@ -99,9 +99,16 @@ def load(path: Path) -> list[dict]:
             raise UserError(f"{where}: label must be one of {', '.join(LABELS)}, not {item['label']!r}")
         if not isinstance(item["answer"], str) or not isinstance(item["prompt"], str):
             raise UserError(f"{where}: prompt and answer must be strings")
-        expected = item.get("expected")
-        if expected is not None and (not isinstance(expected, dict) or set(expected) - set(answers.KEYS)):
-            raise UserError(f"{where}: expected must be an object with keys from {', '.join(answers.KEYS)}")
+        if not isinstance(item.get("lang", ""), (str, type(None))) or not isinstance(item.get("finish_reason"), (str, type(None))):
+            raise UserError(f"{where}: lang and finish_reason must be strings or null")
+        for key in ("completion_tokens", "max_tokens", "max_model_len", "prompt_tokens"):
+            if not isinstance(item.get(key, 0), (int, type(None))) or isinstance(item.get(key), bool):
+                raise UserError(f"{where}: {key} must be an integer")
+        if item.get("expected") is not None:
+            try:
+                answers.validate(item["expected"])
+            except ValueError as exc:
+                raise UserError(f"{where}: expected: {exc} (keys: {', '.join(answers.KEYS)})") from None
     return items
 
 

@@ -55,9 +55,10 @@ def load(version: str = DEFAULT_VERSION) -> tuple[str, list[Prompt]]:
     for p in prompts:
         if p.workload not in WORKLOADS:
             raise UserError(f"{path.name}: {p.id}: unknown workload {p.workload!r}")
-        unknown = set(p.expected) - set(answers.KEYS)
-        if unknown:
-            raise UserError(f"{path.name}: {p.id}: unknown answer check {', '.join(sorted(unknown))}")
+        try:
+            answers.validate(p.expected)
+        except ValueError as exc:
+            raise UserError(f"{path.name}: {p.id}: {exc}") from None
         if data.get("every_prompt_checked") and not p.expected:
             raise UserError(f"{path.name}: {p.id}: no answer check")
     return data["version"], prompts

@@ -44,7 +44,14 @@ def test_figures_misses_and_false_positives(tmp_path):
     ('{"items": [{"id": "a"}]}', "missing prompt, answer, label"),
     ('{"items": [{"id": "a", "prompt": "p", "answer": "a", "label": "bad"}]}', "label must be one of"),
     ('{"items": [{"id": "a", "prompt": "p", "answer": "a", "label": "clean", "expected": {"nmber": 1}}]}',
-     "expected must be an object"),
+     "unknown answer check(s): nmber"),
+    ('{"items": [{"id": "a", "prompt": "p", "answer": "a", "label": "clean", "expected": {"regex": "(["}}]}',
+     "bad answer check"),
+    ('{"items": [{"id": "a", "prompt": "p", "answer": "a", "label": "clean", "expected": {"bullets": "3"}}]}',
+     "bullets must be an integer"),
+    ('{"items": [{"id": "a", "prompt": "p", "answer": "a", "label": "clean", "lang": 7}]}', "lang and finish_reason"),
+    ('{"items": [{"id": "a", "prompt": "p", "answer": "a", "label": "clean", "max_tokens": "64"}]}',
+     "max_tokens must be an integer"),
 ])
 def test_bad_input_is_one_line(tmp_path, content, message):
     path = tmp_path / "set.json"
