@@ -178,6 +178,11 @@ def test_token_salad_but_not_identifiers_units_or_math():
     assert detect(clean, prompt="?") == []
 
 
+def test_latin_junk_glued_into_chinese_is_salad_but_terms_are_not():
+    assert "token-salad" in symptoms("机器学习是m4r1a让计算机8x7q从数据1z1z中学习。", prompt="什么是机器学习？")
+    assert detect("用python写的sha256校验在B200和x86_64上都能跑，耗时10ms。", prompt="可以吗？") == []
+
+
 def test_real_words_in_an_order_english_does_not_have():
     assert "token-salad" in symptoms("Maria the of takes apples a third the is 8 of left rest.", prompt="?")
     clean = ("Use the for loop or the is operator; the word 'the' of the 'of'-clause, a to b, and the "

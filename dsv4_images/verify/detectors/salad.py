@@ -17,7 +17,9 @@ inside it (don't, e-mail, km/h, 3.14). A whitespace token that breaks the shape 
 Real words in no order show where English grammar is strict: an article or possessive determiner
 followed by another determiner, a preposition or an auxiliary ("the of", "their was").
 
-Prose is salad when junk is dense: at least 30% of ten or more tokens, or three junk tokens within
+Tokens are split at whitespace and at CJK characters, which are not tokens themselves (CJK writes
+no spaces: Latin junk glued into Chinese is a token of its own). Prose is salad when junk is dense: at least 30% of
+ten or more tokens, or three junk tokens within
 five consecutive ones. Symbol salad shows in brackets: a paragraph of prose (table rows aside)
 with three or more brackets that close nothing or never close, after
 enumerators ("a)", "2)"), emoticons and intervals ("[0, 1)") are set aside. Code, inline code and
@@ -30,7 +32,7 @@ from __future__ import annotations
 import re
 
 from . import Finding
-from .scripts import script_of
+from .scripts import CJK, script_of
 
 VOWELS = set("aeiouyAEIOUYàáâäèéêëìíîïòóôöùúûüÿ")
 EDGE = ".,;:!?\"'()[]{}<>*_`~“”‘’«»…。，、；：！？（）【】《》"
@@ -124,7 +126,8 @@ def determiner_salad(prose: str) -> list[Finding]:
 
 
 def token_salad(prose: str) -> list[Finding]:
-    words = [w for w in prose.split() if w.strip(EDGE)]
+    spaced = "".join(" " if script_of(c) in CJK else c for c in prose)     # CJK writes no spaces
+    words = [w for w in spaced.split() if w.strip(EDGE)]
     flags = [junk(w) for w in words]
     total = sum(flags)
     dense = len(words) >= 10 and total / len(words) >= 0.3
