@@ -129,7 +129,8 @@ def _python(text: str, spec: dict) -> Verdict:
     if source is None:
         return Verdict(False, "no Python that parses")
     name = spec["function"]
-    defined = {n.name for n in ast.parse(source).body if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))}
+    defined = {n.name for n in ast.parse(source).body
+               if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
     if name not in defined:
         return Verdict(False, f"no function {name}()")
     outcome = _run(source, tuple(spec.get("asserts", ())))

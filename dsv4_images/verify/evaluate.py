@@ -70,7 +70,8 @@ class Report:
 
     def as_dict(self) -> dict:
         return {
-            "corrupted": str(self.totals.get("corrupted", Tally())), "clean_flagged": str(self.totals.get("clean", Tally())),
+            "corrupted": str(self.totals.get("corrupted", Tally())),
+            "clean_flagged": str(self.totals.get("clean", Tally())),
             "detection": round(self.detection, 4), "false_positive_rate": round(self.false_positive_rate, 4),
             "per_kind": {f"{label}/{kind}": str(t) for (label, kind), t in sorted(self.kinds.items())},
             "misses": [j.item["id"] for j in self.judged if j.item["label"] == "corrupted" and not j.flagged],
@@ -100,7 +101,7 @@ def load(path: Path) -> list[dict]:
             raise UserError(f"{where}: label must be one of {', '.join(LABELS)}, not {item['label']!r}")
         if not isinstance(item["answer"], str) or not isinstance(item["prompt"], str):
             raise UserError(f"{where}: prompt and answer must be strings")
-        if not isinstance(item.get("lang", ""), (str, type(None))) or not isinstance(item.get("finish_reason"), (str, type(None))):
+        if not all(isinstance(item.get(k), (str, type(None))) for k in ("lang", "finish_reason")):
             raise UserError(f"{where}: lang and finish_reason must be strings or null")
         for key in ("completion_tokens", "max_tokens", "max_model_len", "prompt_tokens"):
             if not isinstance(item.get(key, 0), (int, type(None))) or isinstance(item.get(key), bool):

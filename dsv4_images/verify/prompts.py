@@ -45,7 +45,8 @@ def load(version: str = DEFAULT_VERSION) -> tuple[str, list[Prompt]]:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise UserError(f"no prompt set {version!r} (have: {', '.join(sorted(p.stem for p in PROMPTS_DIR.glob('*.json')))})") from None
+        have = ", ".join(sorted(p.stem for p in PROMPTS_DIR.glob("*.json")))
+        raise UserError(f"no prompt set {version!r} (have: {have})") from None
     except ValueError as exc:
         raise UserError(f"{path.name}: not JSON ({exc})") from None
     try:

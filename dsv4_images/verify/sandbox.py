@@ -85,8 +85,8 @@ def _setup() -> tuple[list[str], bool, str]:
     prefix = [unshare, "--user", "--net", "--map-root-user"] if unshare else []
     if prefix and not _runs([*prefix, "true"], root):
         prefix = []
-    pythons = list(dict.fromkeys(p for p in (os.path.realpath(sys.executable), shutil.which("python3", path="/usr/bin:/bin"))
-                                 if p))
+    candidates = (os.path.realpath(sys.executable), shutil.which("python3", path="/usr/bin:/bin"))
+    pythons = list(dict.fromkeys(p for p in candidates if p))
     for drop in ((True, False) if root else (False,)):
         for python in pythons:
             if _runs([*prefix, python, "-I", "-c", "pass"], drop):

@@ -66,7 +66,8 @@ tl sw ca eu gl ga cy mt la eo af""".split())
 # Names of languages and scripts, in English and Chinese: a prompt naming one invites its scripts,
 # an answer naming one in a sentence sets off that sentence's words of that script.
 LANGUAGE_NAMES = [
-    (r"chinese|mandarin|cantonese|hanzi|kanji|pinyin|中文|汉语|漢語|汉字|漢字|普通话|粤语|繁体|简体", {"han", "bopomofo"}),
+    (r"chinese|mandarin|cantonese|hanzi|kanji|pinyin|中文|汉语|漢語|汉字|漢字|普通话|粤语|繁体|简体",
+     {"han", "bopomofo"}),
     (r"japanese|hiragana|katakana|kana|日语|日文|日本語|日语|假名|平假名|片假名", {"han", "kana"}),
     (r"korean|hangul|hangeul|韩语|韩文|朝鲜语|韓語|한국어", {"hangul", "han"}),
     (r"russian|ukrainian|bulgarian|serbian|cyrillic|俄语|俄文|乌克兰语|西里尔", {"cyrillic"}),
@@ -89,7 +90,8 @@ JOINERS = " ·・'’-‐"
 ENGLISH_ONLY = set("""the of are was were been being which their there these those would could should because
 although however therefore into onto about than then them they we our you your its has have had does did
 very also such both either neither whose whom""".split())
-FUNCTION_WORDS = ENGLISH_ONLY | set("a an and or but if so to in on at by for with from as is be it that this not no".split())
+FUNCTION_WORDS = ENGLISH_ONLY | set("a an and or but if so to in on at by for with from as is be it that this not no"
+                                    .split())
 
 
 @lru_cache(maxsize=4096)
@@ -198,7 +200,7 @@ def _segment(prose: str, start: int, end: int) -> tuple[str, str, bool]:
 
 def set_off(prose: str, start: int, end: int, short: bool) -> bool:
     """The run is a name or term the text sets apart: inside a bracket, quote or emphasis pair on
-    its line, or as the only wording in its own table cell, after a label mark (': ', ' - ', '='),
+    its line, or as the only wording in its own table cell, after a label mark (': ', ' - ', '→'),
     or alone on a (short) line."""
     left, right, own = _segment(prose, start, end)
     if left in OPENERS and right == CLOSERS[OPENERS.index(left)]:
@@ -281,14 +283,16 @@ def foreign_letters(prose: str, host: set[str], invited: set[str]) -> list[Findi
             in_word = any(len(w) >= 3 and w.lower() not in GREEK_UNIT_TAILS and script_of(w[0]) in host - CJK
                           for w in (before, after))
             if sandwiched or in_word:
-                findings.append(Finding("script-mixing", f"greek {run!r} inside a word: {excerpt(prose, start, end)!r}"))
+                findings.append(Finding("script-mixing",
+                                        f"greek {run!r} inside a word: {excerpt(prose, start, end)!r}"))
             continue
         if _glued(prose, start, end, host):
             findings.append(Finding("script-mixing", f"{script} {run!r} glued to a {'/'.join(sorted(host))} word: "
                                                      f"{excerpt(prose, start, end)!r}"))
             continue
         s_left, s_right = _sentence_bounds(prose, start, end)
-        if script in named_scripts(prose[s_left:s_right]) or letters <= 60 and set_off(prose, start, end, letters <= 30):
+        if script in named_scripts(prose[s_left:s_right]) \
+                or letters <= 60 and set_off(prose, start, end, short=letters <= 30):
             presented.add(script)
             continue
         standalone.append((start, end, script))
@@ -296,8 +300,8 @@ def foreign_letters(prose: str, host: set[str], invited: set[str]) -> list[Findi
     # is discussing: its other whole words are mentions too. Letters glued into words never are.
     for start, end, script in standalone:
         if script not in presented:
-            findings.append(Finding("script-mixing", f"{script} {prose[start:end]!r} in {'/'.join(sorted(host))} prose: "
-                                                     f"{excerpt(prose, start, end)!r}"))
+            findings.append(Finding("script-mixing", f"{script} {prose[start:end]!r} in "
+                                                     f"{'/'.join(sorted(host))} prose: {excerpt(prose, start, end)!r}"))
     return findings
 
 
@@ -326,10 +330,12 @@ def latin_prose_fragments(prose: str, host: set[str]) -> list[Finding]:
             continue      # a paragraph of its own in English is a choice of language, not a fragment
         before = prose[m.start() - 1] if m.start() else " "
         after = prose[m.end()] if m.end() < len(prose) else " "
-        if before in "._/\\=#@<" or after in "._/\\(=[<>" or set_off(prose, m.start(), m.end(), short=len(words) <= 6):
+        if before in "._/\\=#@<" or after in "._/\\(=[<>" \
+                or set_off(prose, m.start(), m.end(), short=len(words) <= 6):
             continue      # a path, an identifier, a call; a quoted, bracketed or labelled term
-        findings.append(Finding("script-mixing", f"English words {m.group(0)!r} inside "
-                                                 f"{'/'.join(sorted(host))} prose: {excerpt(prose, m.start(), m.end())!r}"))
+        where = excerpt(prose, m.start(), m.end())
+        findings.append(Finding("script-mixing", f"English words {m.group(0)!r} inside {'/'.join(sorted(host))} "
+                                                 f"prose: {where!r}"))
     return findings
 
 
