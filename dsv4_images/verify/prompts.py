@@ -1,18 +1,25 @@
-"""The versioned verify prompt set (prompts/v1.json) and its mechanical answer checks."""
+"""The versioned verify prompt sets (prompts/v1.json, prompts/v2.json) and their answer checks.
+
+v2 (the default) gives every prompt a verifiable expectation (see verify.answers for the keys):
+code prompts carry asserts the function must pass, reasoning prompts a number, instruction
+prompts a format. v1 stays loadable for comparing old reports; its code prompts only check that
+the function is defined.
+"""
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from .corruption import scripts_in
+from . import answers
+from .answers import final_numbers
+from .detectors.scripts import scripts_in  # noqa: F401  (kept importable from here)
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
+DEFAULT_VERSION = "v2"
 WORKLOADS = ("chat-code", "reasoning", "instructions")
-NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
 @dataclass(frozen=True)
@@ -24,73 +31,55 @@ class Prompt:
     answer: float | None = None
     check: dict | None = None
 
+    @property
+    def expected(self) -> dict:
+        """The prompt's answer check in verify.answers' keys (empty: nothing to check)."""
+        spec = dict(self.check or {})
+        if self.answer is not None:
+            spec["number"] = self.answer
+        return spec
 
-def load(version: str = "v1") -> tuple[str, list[Prompt]]:
+
+def load(version: str = DEFAULT_VERSION) -> tuple[str, list[Prompt]]:
     path = PROMPTS_DIR / f"{version}.json"
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise UserError(f"no prompt set {version!r} (have: {', '.join(p.stem for p in PROMPTS_DIR.glob('*.json'))})") from None
-    prompts = [Prompt(**p) for p in data["prompts"]]
+        have = ", ".join(sorted(p.stem for p in PROMPTS_DIR.glob("*.json")))
+        raise UserError(f"no prompt set {version!r} (have: {have})") from None
+    except ValueError as exc:
+        raise UserError(f"{path.name}: not JSON ({exc})") from None
+    try:
+        prompts = [Prompt(**p) for p in data["prompts"]]
+    except (KeyError, TypeError) as exc:
+        raise UserError(f"{path.name}: malformed prompt entry ({exc})") from None
     for p in prompts:
         if p.workload not in WORKLOADS:
             raise UserError(f"{path.name}: {p.id}: unknown workload {p.workload!r}")
+        try:
+            answers.validate(p.expected)
+        except ValueError as exc:
+            raise UserError(f"{path.name}: {p.id}: {exc}") from None
+        if data.get("every_prompt_checked") and not p.expected:
+            raise UserError(f"{path.name}: {p.id}: no answer check")
     return data["version"], prompts
 
 
 def last_number(text: str) -> float | None:
-    found = NUMBER.findall(text.replace("$", " ").replace("，", " "))
-    if not found:
-        return None
-    try:
-        return float(found[-1].replace(",", ""))
-    except ValueError:
-        return None
-
-
-def _bullets(text: str) -> int:
-    return sum(1 for line in text.splitlines() if re.match(r"^\s*(?:[-*•]|\d+[.)])\s+\S", line))
-
-
-def _json_object(text: str) -> dict | None:
-    m = re.search(r"\{.*\}", text, re.S)
-    if not m:
-        return None
-    try:
-        value = json.loads(m.group(0))
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
+    """The last number in the text (kept for callers of v1's helper)."""
+    found = final_numbers(text)
+    return found[0] if found else None
 
 
 def check_answer(prompt: Prompt, content: str) -> bool | None:
-    """True/False when the prompt has a mechanical check, None when it has none."""
-    if prompt.answer is not None:
-        value = last_number(content)
-        return value is not None and abs(value - prompt.answer) <= 1e-6 * max(1.0, abs(prompt.answer))
-    if not prompt.check:
+    """True/False when the prompt has an answer check, None when it has none."""
+    spec = prompt.expected
+    if not spec:
         return None
-    text, c = content.strip(), prompt.check
-    results = []
-    if "regex" in c:
-        results.append(bool(re.search(c["regex"], text)))
-    if "bullets" in c:
-        results.append(_bullets(text) == c["bullets"])
-    if c.get("lowercase"):
-        results.append(bool(text) and not any(ch.isupper() for ch in text))
-    if "json_keys" in c:
-        obj = _json_object(text)
-        results.append(obj is not None and set(c["json_keys"]) <= set(obj))
-    if "forbid" in c:
-        results.append(c["forbid"] not in text)
-    if "ends_with" in c:
-        results.append(text.rstrip("*_ \n").endswith(c["ends_with"]))
-    for word, n in c.get("min_count", {}).items():
-        results.append(len(re.findall(rf"\b{re.escape(word)}\b", text, re.I)) >= n)
-    if "max_words" in c:
-        results.append(0 < len(text.split()) <= c["max_words"])
-    if "max_chars" in c:
-        results.append(0 < len(re.sub(r"\s", "", text)) <= c["max_chars"])
-    if "script" in c:
-        results.append(c["script"] in scripts_in(text))
-    return all(results)
+    return answers.check(spec, content).passed
+
+
+def why_wrong(prompt: Prompt, content: str) -> str:
+    """What the answer check found ("" when it passed or there is none)."""
+    spec = prompt.expected
+    return answers.check(spec, content).detail if spec else ""
