@@ -15,7 +15,7 @@ import jinja2
 from . import REPO_ROOT
 from .deploy import render_files as render_deploy_files
 from .errors import UserError
-from .matrix import Matrix, Target
+from .matrix import IMAGE_HOME, IMAGE_UID, IMAGE_USER, Matrix, Target
 
 TEMPLATES = REPO_ROOT / "templates"
 
@@ -39,6 +39,7 @@ def render_dockerfile(matrix: Matrix, target: Target) -> str:
         "dist_alias_version": target.vllm.dist_alias,
         "env": target.image_env(),
         "labels": target.image_labels(),
+        "user": IMAGE_USER, "uid": IMAGE_UID, "home": IMAGE_HOME,
     }
     try:
         text = _environment().get_template("Dockerfile.j2").render(t=target, r=derived)

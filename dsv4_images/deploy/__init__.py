@@ -8,7 +8,6 @@ the matrix; the k8s and compose modules only see `Facts`.
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -50,30 +49,15 @@ class Facts:
         return f"{self.project}-{self.target}"
 
 
-def dockerfile_env(text: str) -> dict[str, str]:
-    """Every ENV setting of a rendered Dockerfile, later ones winning (the image stage sets the cache paths)."""
-    env: dict[str, str] = {}
-    for line in text.replace("\\\n", " ").splitlines():
-        if line.startswith("ENV "):
-            for item in shlex.split(line[4:]):
-                key, sep, value = item.partition("=")
-                if sep:
-                    env[key] = value
-    return env
-
-
 def facts(matrix, target) -> Facts:
-    """The adapter: the only function here that reads the matrix (and the rendered Dockerfile)."""
-    from .. import render
-    env = dockerfile_env(render.render_dockerfile(matrix, target))
-    cache_env = {k: env[k] for k in ("HF_HOME", "VLLM_CACHE_ROOT") if k in env}
-    if "HOME" not in env or len(cache_env) != 2:
-        raise UserError(f"Dockerfile.{target.name}: HOME, HF_HOME and VLLM_CACHE_ROOT must be set in the image stage")
+    """The adapter: the only function here that reads the matrix. One volume at $HOME/.cache holds every
+    cache (the Hugging Face cache, and the compile caches the entrypoint keys to the image below it)."""
+    env = target.image_env()
     home = PurePosixPath(env["HOME"])
-    cache_root = home / ".cache"  # also FlashInfer's JIT cache: $HOME/.cache/flashinfer
-    for key, value in cache_env.items():
-        if cache_root not in PurePosixPath(value).parents:
-            raise UserError(f"Dockerfile.{target.name}: {key}={value} is not under {cache_root}, the cache volume")
+    cache_root = home / ".cache"
+    cache_env = {"HF_HOME": env["HF_HOME"]}
+    if cache_root not in PurePosixPath(env["HF_HOME"]).parents:
+        raise UserError(f"targets.{target.name}: HF_HOME={env['HF_HOME']} is not under {cache_root}, the cache volume")
     project = matrix.project
     repository = project.image.format(owner=project.default_owner)
     serve = target.serve

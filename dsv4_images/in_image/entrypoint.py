@@ -15,8 +15,13 @@ KV_CACHE_DTYPE, VLLM_EXTRA_ARGS (shell-quoted), DSV4_SKIP_PREFLIGHT=1, DSV4_CHEC
 Preflight, before vLLM starts: when MTP is requested the checkpoint must hold an MTP block its
 profile accepts (checkpoint.py: no stripped, DSpark, mis-numbered or unexpectedly quantized MTP
 block, no malformed index or header; refuses with exit 3 in one line), and on GPU targets a GPU
-whose compute capability is not the image's target gets a warning. Other modes: --print-command,
---preflight-only, --healthcheck.
+whose compute capability is not the image's target gets a warning. runtime.py checks /dev/shm and
+the cache directory (one line and exit 2 when they cannot serve), keys the compile caches to the
+image and redacts secrets from everything printed here.
+
+The image puts this on PATH as `dsv4-serve`. Other modes: --print-command, --preflight-only,
+--healthcheck (GET /health on the port the server really uses), --ready (the served model is
+listed and answers a 1-token completion: what startup and readiness probes should ask).
 """
 
 from __future__ import annotations
@@ -27,13 +32,13 @@ import shlex
 import shutil
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
-try:  # a sibling module: dsv4_images.in_image on the host, /opt/dsv4-flash/ in the image
-    from . import checkpoint
+try:  # sibling modules: dsv4_images.in_image on the host, /opt/dsv4-flash/ in the image
+    from . import checkpoint, runtime
 except ImportError:
     import checkpoint
+    import runtime
 
 DEFAULTS_PATH = Path(os.environ.get("DSV4_DEFAULTS", "/etc/dsv4-flash/serve.json"))
 EXIT_BAD_OVERRIDE = 2
@@ -173,53 +178,73 @@ def gpu_warnings(defaults: dict, serve: dict, capabilities: list[str] | None) ->
     return warnings
 
 
-def preflight(defaults: dict, serve: dict, env: dict) -> None:
+def preflight(defaults: dict, serve: dict, env: dict, say) -> None:
     if serve["num_speculative_tokens"] > 0:
         k = serve["num_speculative_tokens"]
         found = check_mtp_tensors(serve["model"], env, checkpoint_profile(defaults, serve, env), k)
-        print(f"[dsv4-flash] preflight: MTP k={k}: {found}", file=sys.stderr)
+        say(f"preflight: MTP k={k}: {found}")
     for warning in gpu_warnings(defaults, serve, gpu_compute_capabilities()):
-        print(f"[dsv4-flash] warning: {warning}", file=sys.stderr)
+        say(f"warning: {warning}")
 
 
-def healthcheck(env: dict, defaults_path: Path) -> int:
-    try:
-        port = effective_settings(json.loads(defaults_path.read_text()), env)["port"]
-    except (OSError, ValueError, EntrypointError):
-        return 1
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
-            return 0 if response.status == 200 else 1
-    except OSError:
-        return 1
+def probe(ready: bool, env: dict, defaults_path: Path) -> int:
+    """Exit 0 when the server answers: the recorded one, else the one the defaults and env describe."""
+    info = runtime.recorded()
+    if info is None:
+        try:
+            serve = effective_settings(json.loads(defaults_path.read_text()), env)
+        except (OSError, ValueError, EntrypointError):
+            return 1
+        info = {"port": serve["port"], "model": serve.get("served_model_name") or serve["model"],
+                "api_key": env.get("VLLM_API_KEY")}
+    return 0 if runtime.probe(info, ready) else 1
+
+
+MODES = ("--print-command", "--preflight-only")
 
 
 def main(argv: list[str] | None = None, env: dict | None = None, defaults_path: Path = DEFAULTS_PATH) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     env = dict(os.environ if env is None else env)
-    if argv[:1] == ["--healthcheck"]:
-        return healthcheck(env, defaults_path)
-    mode = argv.pop(0) if argv[:1] in (["--print-command"], ["--preflight-only"]) else "serve"
+    if argv[:1] in (["--healthcheck"], ["--ready"]):
+        return probe(argv[0] == "--ready", env, defaults_path)
+    mode = argv.pop(0) if argv[:1] and argv[0] in MODES else "serve"
+    secrets: list[str] = runtime.secret_values(env, argv)
+
+    def say(line: str) -> None:
+        print(runtime.redact(f"[dsv4-flash] {line}", secrets), file=sys.stderr, flush=True)
+
     try:
         defaults = json.loads(defaults_path.read_text())
+    except (OSError, ValueError) as exc:
+        say(f"error: cannot read the image's serve defaults {defaults_path}: {exc}")
+        return EXIT_BAD_OVERRIDE
+    try:
         serve = effective_settings(defaults, env)
         command = build_command(serve, argv)
-        print("[dsv4-flash] " + shlex.join(command), file=sys.stderr, flush=True)
+        secrets = runtime.secret_values(env, command)
+        shown = runtime.redact(shlex.join(runtime.redact_command(command)), secrets)
+        say(shown)
         if mode == "--print-command":
-            print(shlex.join(command))
+            print(shown)
             return 0
         if env.get("DSV4_SKIP_PREFLIGHT", "0") in ("", "0"):
-            preflight(defaults, serve, env)
+            preflight(defaults, serve, env, say)
         if mode == "--preflight-only":
             return 0
-    except EntrypointError as exc:
-        print(f"[dsv4-flash] error: {exc}", file=sys.stderr)
+        runtime.check_shm(serve.get("min_shm_mb"), env)
+        cache_env, notes = runtime.prepare_caches(env, defaults.get("build_id", "unknown"))
+        for note in notes:
+            say(note)
+        runtime.record(serve, command, env)
+    except (EntrypointError, runtime.EnvironmentProblem) as exc:
+        say(f"error: {exc}")
         return exc.exit_code
-    except (OSError, ValueError) as exc:
-        print(f"[dsv4-flash] error: cannot read the image's serve defaults {defaults_path}: {exc}", file=sys.stderr)
+    except OSError as exc:  # /tmp or the cache volume refused a write
+        say(f"error: cannot prepare the container: {exc}")
         return EXIT_BAD_OVERRIDE
     sys.stderr.flush()
-    os.execvp(command[0], command)
+    os.execvpe(command[0], command, {**env, **cache_env})
     return 127  # not reached
 
 

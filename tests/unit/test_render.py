@@ -75,9 +75,10 @@ def test_cuda_dockerfiles_stage_the_compile_before_patches_and_entrypoint(target
 @pytest.mark.parametrize("target", list(M.targets))
 def test_every_image_has_user_healthcheck_entrypoint_and_labels(target):
     text = render.render_all(M)[f"Dockerfile.{target}"]
-    assert "USER 2000:2000" in text
-    assert 'HEALTHCHECK' in text and '"--healthcheck"' in text
-    assert 'ENTRYPOINT ["python", "/opt/dsv4-flash/entrypoint.py"]' in text
+    assert "USER 2000:0" in text and "chmod -R g=u /home/dsv4" in text  # any UID, in group 0
+    assert 'HEALTHCHECK' in text and 'CMD ["dsv4-serve", "--healthcheck"]' in text
+    assert f"--start-period={M.resolve(target).serve.start_period_s}s" in text
+    assert 'ENTRYPOINT ["dsv4-serve"]' in text and "COPY dsv4_images/in_image/dsv4-serve /usr/local/bin/dsv4-serve" in text
     for label in ("org.opencontainers.image.source", "org.opencontainers.image.revision", "org.opencontainers.image.version",
                   "org.opencontainers.image.created", "io.dsv4-flash.vllm.version", "io.dsv4-flash.patches"):
         assert label in text
