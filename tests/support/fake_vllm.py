@@ -59,6 +59,18 @@ MODES = {
     "unlikely-logprobs": "text follows the rule but logprobs say a run of tokens had p < 1e-5",
     "diverge": "as a baseline: greedy outputs leave the rule after 6 tokens",
 }
+# Written after verify's code, to see how it copes with what it was not designed for.
+UNDESIGNED = {
+    "ok-everything": "answers 'OK.' to every prompt (finish stop), counters healthy",
+    "html-200": "generations answer 200 with an HTML error page",
+    "gzip": "every body gzip-compressed (Content-Encoding: gzip), whatever the client accepts",
+    "double-done": "streams send [DONE] twice, then a stray event",
+    "nan-metrics": "spec-decode counters read NaN and +Inf",
+    "counters-zero": "all counters reset to exactly zero after the third scrape",
+    "close-after-headers": "generations send 200 headers, then close the connection",
+    "logprobs-nan": "logprobs are NaN",
+}
+MODES |= UNDESIGNED
 
 
 def text_of(token_id: int) -> str:
@@ -128,6 +140,8 @@ def generate(state: State, body: dict, index: int, batched: bool) -> tuple[list[
 
 def logprobs_for(state: State, chat: bool, ids: list[int], start: int) -> dict:
     values = [-12.0 if state.mode == "unlikely-logprobs" and 3 <= start + i < 9 else -1e-4 for i in range(len(ids))]
+    if state.mode == "logprobs-nan":
+        values = [float("nan")] * len(ids)
     if chat:
         return {"content": [{"token": text_of(t), "logprob": v, "bytes": list(text_of(t).encode()),
                              "top_logprobs": [{"token": text_of(t), "logprob": v, "bytes": list(text_of(t).encode())}]}
@@ -152,6 +166,10 @@ class Handler(BaseHTTPRequestHandler):
     def reply(self, status: int, body: bytes, ctype: str = "application/json") -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
+        if self.state.mode == "gzip":
+            import gzip
+            body = gzip.compress(body)
+            self.send_header("Content-Encoding", "gzip")
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Connection", "close")
         self.end_headers()
@@ -164,10 +182,16 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
+        if self.state.mode == "gzip":
+            import zlib
+            self.zip = zlib.compressobj(wbits=31)
+            self.send_header("Content-Encoding", "gzip")
         self.send_header("Connection", "close")
         self.end_headers()
 
     def chunk(self, data: bytes) -> None:
+        if self.state.mode == "gzip" and data:
+            data = self.zip.compress(data) + self.zip.flush(2)    # zlib.Z_SYNC_FLUSH
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
 
@@ -214,7 +238,11 @@ class Handler(BaseHTTPRequestHandler):
             s.scrapes += 1
             if mode == "counters-decrease" and s.scrapes == 5:
                 s.drafts, s.draft_tokens, s.accepted, s.per_pos = 3, 6, 5, [3, 2]
+            if mode == "counters-zero" and s.scrapes == 4:
+                s.drafts, s.draft_tokens, s.accepted, s.per_pos = 0, 0, 0, [0] * K
             counters = (s.drafts, s.draft_tokens, s.accepted, list(s.per_pos))
+            if mode == "nan-metrics":
+                counters = (float("nan"), float("inf"), float("nan"), [float("nan")] * K)
         if mode == "metrics-http-500":
             return self.reply(500, b"Internal Server Error", "text/plain")
         if mode == "metrics-not-utf8":
@@ -273,7 +301,16 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply_json({"object": "error", "message": "EngineCore encountered an issue", "code": 500}, 500)
         if mode == "slow-headers":
             self.state.stopping.wait(3)
+        if mode == "html-200":
+            return self.reply(200, b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>", "text/html")
+        if mode == "close-after-headers":
+            self.start_stream()
+            self.wfile.flush()
+            self.close_connection = True
+            return
         prompt, steps, n = generate(self.state, body, index, batched)
+        if mode == "ok-everything":
+            steps, n = [[6 + ord("O"), 6 + ord("K"), 6 + ord(".")]], 3
         want_lp = bool(body.get("logprobs"))
         if not body.get("stream"):
             return self.whole(chat, prompt, steps, n, want_lp)
@@ -302,7 +339,8 @@ class Handler(BaseHTTPRequestHandler):
                 text = ""
             last = i == len(steps) - 1
             choice = {"index": 0, "logprobs": logprobs_for(self.state, chat, ids, done) if want_lp else None,
-                      "finish_reason": "length" if last else None, "token_ids": ids}
+                      "finish_reason": ("stop" if mode == "ok-everything" else "length") if last else None,
+                      "token_ids": ids}
             if chat:
                 choice["delta"] = {"content": text}
             else:
@@ -318,12 +356,15 @@ class Handler(BaseHTTPRequestHandler):
                                                      "total_tokens": len(prompt) + n}})
         if mode != "stream-no-done":
             self.event(b"[DONE]")
+        if mode == "double-done":
+            self.event(b"[DONE]")
+            self.event({"choices": [{"index": 0, "delta": {"content": " stray"}, "token_ids": [9]}]})
         self.chunk(b"")
 
     def whole(self, chat: bool, prompt: list[int], steps: list[list[int]], n: int, want_lp: bool) -> None:
         ids = [t for step in steps for t in step]
         text = "".join(map(text_of, ids))
-        choice = {"index": 0, "finish_reason": "length", "token_ids": ids,
+        choice = {"index": 0, "finish_reason": "stop" if self.state.mode == "ok-everything" else "length", "token_ids": ids,
                   "logprobs": logprobs_for(self.state, chat, ids, 0) if want_lp else None}
         if chat:
             choice["message"] = {"role": "assistant", "content": text, "reasoning_content": None}
