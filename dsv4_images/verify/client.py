@@ -9,6 +9,7 @@ response can be unusable is a named `error_kind` on the Result (transport.KINDS 
 from __future__ import annotations
 
 import json
+import math
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -20,6 +21,7 @@ from .transport import Deadline, HTTPFailure, Timeouts
 
 STREAM_KINDS = {
     "stream-no-done": "the event stream ended without `data: [DONE]`",
+    "not-event-stream": "a streamed request answered 200 with something other than text/event-stream",
     "event-not-json": "an event's data is not JSON",
     "event-not-object": "an event's data is JSON but not an object",
     "event-malformed": "an event or body whose choices, delta, text or token ids are missing, null or of the wrong type",
@@ -118,25 +120,29 @@ def _number(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+def _logprob(value, where: str) -> float:
+    """A log probability: a number <= 0 (-inf allowed: a token the model ruled out); raises ValueError."""
+    lp = _number(value)
+    if lp is None or math.isnan(lp) or lp > 1e-3:
+        raise ValueError(f"{where} has logprob {value!r}, not a number <= 0")
+    return lp
+
+
 def _logprobs(value, kind: str) -> list[tuple[float, float | None]]:
     """(logprob, best logprob) per token from a chat or completion `logprobs` object; raises ValueError."""
     out = []
     if kind == "chat":
-        for entry in value.get("content") or []:
-            lp = _number(entry.get("logprob"))
-            if lp is None:
-                raise ValueError(f"a token without a numeric logprob: {str(entry)[:60]!r}")
-            tops = [_number(t.get("logprob")) for t in entry.get("top_logprobs") or [] if isinstance(t, dict)]
-            tops = [t for t in tops if t is not None]
+        for i, entry in enumerate(value.get("content") or []):
+            lp = _logprob(entry.get("logprob"), f"token {i}")
+            tops = [_logprob(t.get("logprob"), f"token {i}'s top_logprobs") for t in entry.get("top_logprobs") or []
+                    if isinstance(t, dict)]
             out.append((lp, max(tops) if tops else None))
         return out
     tops_list = value.get("top_logprobs") or []
     for i, lp in enumerate(value.get("token_logprobs") or []):
-        lp = _number(lp)
-        if lp is None:
-            raise ValueError(f"token {i} has no numeric logprob")
+        lp = _logprob(lp, f"token {i}")
         top = tops_list[i] if i < len(tops_list) and isinstance(tops_list[i], dict) else {}
-        tops = [t for t in map(_number, top.values()) if t is not None]
+        tops = [_logprob(t, f"token {i}'s top_logprobs") for t in top.values()]
         out.append((lp, max(tops) if tops else None))
     return out
 
@@ -212,9 +218,13 @@ class _Collector:
         self.result.content, self.result.reasoning = "".join(self.content), "".join(self.reasoning)
 
 
-def _events(lines: Iterator[bytes]) -> Iterator:
+def _events(ex: transport.Exchange) -> Iterator:
     """The JSON payloads of a server-sent-events stream; returns at [DONE], raises when it never comes."""
-    for raw in lines:
+    ctype = ex.response.getheader("Content-Type") or ""
+    if "text/event-stream" not in ctype:
+        snippet = " ".join(ex.body()[:200].decode("utf-8", errors="replace").split())
+        raise Malformed("not-event-stream", f"HTTP 200 with Content-Type {ctype or 'none'!r}: {snippet[:100]!r}")
+    for raw in ex.lines():
         line = raw.decode("utf-8", errors="replace").strip()
         if not line.startswith("data:"):
             continue
@@ -225,6 +235,8 @@ def _events(lines: Iterator[bytes]) -> Iterator:
             yield json.loads(data)
         except ValueError:
             raise Malformed("event-not-json", f"an event is not JSON: {data[:60]!r}") from None
+    if not ex.received:
+        raise HTTPFailure("closed", "the server closed the stream right after its headers")
     raise Malformed("stream-no-done", "the stream ended without data: [DONE]")
 
 
@@ -240,13 +252,17 @@ def send(base_url: str, model: str, req: Request, timeouts: Timeouts | float = 9
         with transport.Exchange(base_url, timeouts, run, timeouts.request) as ex:
             ex.open("POST", path, body, accept="text/event-stream" if req.stream else "application/json")
             if req.stream:
-                for event in _events(ex.lines()):
+                for event in _events(ex):
                     collector.event(event)
             else:
+                data = ex.body()
                 try:
-                    doc = json.loads(ex.body().decode("utf-8"))
+                    doc = json.loads(data.decode("utf-8"))
                 except ValueError:
-                    raise Malformed("not-json", "the response body is not JSON") from None
+                    ctype = ex.response.getheader("Content-Type") or "none"
+                    snippet = " ".join(data[:200].decode("utf-8", errors="replace").split())
+                    raise Malformed("not-json", f"HTTP 200 with Content-Type {ctype!r} and a body that is not JSON: "
+                                                f"{snippet[:100]!r}") from None
                 collector.event(doc, streamed=False)
     except HTTPFailure as exc:
         result.error_kind, result.error = exc.kind, exc.detail

@@ -132,6 +132,8 @@ def _judge(args, mtp: Endpoint, baseline: Endpoint | None, baseline_problem: Che
     if baseline is not None:
         found += measurable.metrics_checks(baseline, prefix="baseline-", expect_mtp=False)
     found += measurable.rule_check(phases, rule)
+    if not rule:
+        found += runner.answer_checks(run.answers, len(selected))
     errors = [r for r in run.results if r.error]
     found += measurable.request_checks(run.results, len(errors) > thresholds["max_error_rate"] * len(run.results))
     signals = run.signals

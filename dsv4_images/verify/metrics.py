@@ -11,6 +11,7 @@ servers behind one URL). Problems are named (PROBLEMS) and never raised.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -23,6 +24,7 @@ PROBLEMS = {
     "metrics-unreadable": "GET /metrics failed (connection, HTTP status or timeout)",
     "metrics-not-utf8": "the /metrics body is not UTF-8",
     "metrics-not-prometheus": "the /metrics body is not Prometheus text",
+    "metrics-not-finite": "a spec-decode counter reads NaN, infinity or a negative number",
     "counters-decreased": "a spec-decode counter went down between two scrapes (restart, or several servers behind one URL)",
     "metrics-inconsistent": "a window's counters contradict each other (more accepted than drafted)",
 }
@@ -98,6 +100,8 @@ def parse(text: str, model_name: str | None = None) -> SpecDecodeCounters:
             if model_name and sample.labels.get("model_name", model_name) != model_name:
                 continue
             key = sample.name[len(PREFIX):-len("_total")]
+            if not math.isfinite(sample.value) or sample.value < 0:
+                raise MetricsProblem("metrics-not-finite", f"{sample.name}{sample.labels} reads {sample.value}")
             if key == "num_accepted_tokens_per_pos":
                 try:
                     pos = int(sample.labels["position"])

@@ -16,6 +16,7 @@ import ssl
 import threading
 import time
 import urllib.parse
+import zlib
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -176,35 +177,71 @@ class Exchange:
                               status=self.response.status)
         return self.response.status
 
-    def lines(self) -> Iterator[bytes]:
-        """The body, line by line (b"" never yielded); raises HTTPFailure when cut or late."""
-        assert self.response is not None
-        while True:
-            try:
-                line = self.response.readline(MAX_LINE + 1)
-            except Exception as exc:  # noqa: BLE001
-                raise self._translate(exc) from None
-            if self.expired:
-                raise self._timed_out()
-            if not line:
-                return
-            if len(line) > MAX_LINE:
-                raise HTTPFailure("too-large", f"a line longer than {MAX_LINE} bytes")
-            self.received += len(line)
-            yield line
+    def _decoder(self):
+        """A decompressor for the response's Content-Encoding (gzip, deflate), None for identity.
+        We ask for identity, but proxies compress regardless."""
+        encoding = (self.response.getheader("Content-Encoding") or "identity").strip().lower()
+        if encoding in ("", "identity"):
+            return None
+        if encoding in ("gzip", "x-gzip", "deflate"):
+            return zlib.decompressobj(wbits=47)      # 32 + 15: gzip or zlib header, detected
+        raise HTTPFailure("protocol", f"Content-Encoding {encoding!r}, which verify cannot decode")
 
-    def body(self) -> bytes:
-        assert self.response is not None
+    def _read(self, n: int, whole: bool) -> bytes:
         try:
-            data = self.response.read(MAX_BODY + 1)
+            data = self.response.read(n) if whole else self.response.read1(n)
         except Exception as exc:  # noqa: BLE001
             raise self._translate(exc) from None
         if self.expired:
             raise self._timed_out()
-        if len(data) > MAX_BODY:
-            raise HTTPFailure("too-large", f"a body larger than {MAX_BODY} bytes")
         self.received += len(data)
         return data
+
+    @staticmethod
+    def _inflate(decoder, data: bytes) -> bytes:
+        try:
+            out = decoder.decompress(data, MAX_BODY + 1)
+        except zlib.error as exc:
+            raise HTTPFailure("protocol", f"a compressed body that does not decompress: {exc}") from None
+        if len(out) > MAX_BODY or decoder.unconsumed_tail:
+            raise HTTPFailure("too-large", f"a decompressed body larger than {MAX_BODY} bytes")
+        return out
+
+    def lines(self) -> Iterator[bytes]:
+        """The body, line by line (b"" never yielded); raises HTTPFailure when cut or late."""
+        assert self.response is not None
+        decoder = self._decoder()
+        buffer = b""
+        while True:
+            if decoder is None:
+                try:
+                    line = self.response.readline(MAX_LINE + 1)
+                except Exception as exc:  # noqa: BLE001
+                    raise self._translate(exc) from None
+                if self.expired:
+                    raise self._timed_out()
+                self.received += len(line)
+            else:
+                while b"\n" not in buffer and len(buffer) <= MAX_LINE:
+                    data = self._read(1 << 16, whole=False)
+                    if not data:
+                        break
+                    buffer += self._inflate(decoder, data)
+                line, sep, buffer = buffer.partition(b"\n")
+                line += sep
+            if not line:
+                return
+            if len(line) > MAX_LINE:
+                raise HTTPFailure("too-large", f"a line longer than {MAX_LINE} bytes")
+            yield line
+
+    def body(self) -> bytes:
+        assert self.response is not None
+        decoder = self._decoder()
+        data = self._read(MAX_BODY + 1, whole=True)
+        if len(data) > MAX_BODY:
+            raise HTTPFailure("too-large", f"a body larger than {MAX_BODY} bytes")
+        return data if decoder is None else self._inflate(decoder, data) + decoder.flush()
 
     def close(self) -> None:
         self._watchdog.cancel()
