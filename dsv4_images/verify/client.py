@@ -31,6 +31,11 @@ STREAM_KINDS = {
 }
 
 
+# Failures that say nothing about the deployment's answers: the run ran out of time, or verify
+# itself failed on a response. They make a run "cannot judge", never a server's error.
+NOT_THE_SERVERS = ("timeout-run", "verify-internal")
+
+
 @dataclass(frozen=True)
 class Request:
     id: str

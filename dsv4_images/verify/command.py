@@ -134,7 +134,7 @@ def _judge(args, mtp: Endpoint, baseline: Endpoint | None, baseline_problem: Che
     found += measurable.rule_check(phases, rule)
     if not rule:
         found += runner.answer_checks(run.answers, len(selected))
-    errors = [r for r in run.results if r.error]
+    errors = [r for r in run.results if r.error and r.error_kind not in measurable.NOT_THE_SERVERS]
     found += measurable.request_checks(run.results, len(errors) > thresholds["max_error_rate"] * len(run.results))
     signals = run.signals
     if baseline_problem is not None:

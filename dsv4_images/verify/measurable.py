@@ -9,9 +9,7 @@ from . import client, metrics, transport
 from .checks import CANNOT, FAIL, PASS, Check
 from .endpoint import Endpoint
 
-# Request failures that say nothing about the deployment's answers: the run ran out of time, or
-# verify itself failed on a response.
-NOT_THE_SERVERS = ("timeout-run", "verify-internal")
+NOT_THE_SERVERS = client.NOT_THE_SERVERS
 
 
 def metrics_checks(ep: Endpoint, prefix: str = "", expect_mtp: bool = True) -> list[Check]:

@@ -87,8 +87,10 @@ def _phase_summary(ph: phase.Phase, prompts: dict[str, Prompt], check_answers: b
         key = str(o.result.finish_reason or "error")
         finish[key] = finish.get(key, 0) + 1
     judged = classes["correct"] + classes["wrong"] + classes["truncated"] + classes["context-limited"]
+    unsent = sum(1 for o in ph.outcomes if o.result.error_kind in client.NOT_THE_SERVERS)
     return {
-        "requests": len(ph.outcomes), "errors": ph.errors, "finish_reasons": finish, "classes": classes,
+        "requests": len(ph.outcomes), "errors": ph.errors - unsent, "not_judged": unsent,
+        "finish_reasons": finish, "classes": classes,
         "accuracy": classes["correct"] / judged if check_answers and judged else None,
         "output_tokens": ph.output_tokens, "wall_s": round(ph.wall_s, 3),
         "output_tokens_per_s": round(ph.output_tokens_per_s, 2),
@@ -223,7 +225,7 @@ def threshold_checks(phases: list[dict], thresholds: dict, expect_mtp: bool = Tr
         minimum = thresholds["min_acceptance"].get(workload)
         figures = {"drafts": drafts, "draft_tokens": draft_tokens, "accepted": accepted, "threshold": minimum,
                    "unmeasured_phases": len(problems)}
-        answered = sum(p["requests"] - p["errors"] for p in ps)
+        answered = sum(p["requests"] - p["errors"] - p.get("not_judged", 0) for p in ps)
         if not answered:
             checks.append(Check(name, CANNOT, f"{workload}: no request succeeded, nothing to measure", figures))
         elif expect_mtp and measured and drafts == 0:

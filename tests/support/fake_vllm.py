@@ -46,9 +46,10 @@ MODES = {
     "stream-cut": "the connection closes mid-chunk",
     "stream-no-done": "the stream ends cleanly without [DONE]",
     "sse-not-object": "events are JSON arrays",
+    "sse-not-json": "events are not JSON at all",
     "sse-null-delta": "chat deltas and completion texts are null",
     "sse-null-choices": "choices are null",
-    "slow-headers": "generations answer only after 3 s",
+    "slow-headers": "generations answer only after 5 s",
     "stall": "streams stop after two events and hang",
     "trickle": "streams send one byte every 0.2 s, forever",
     # model-based signals
@@ -300,7 +301,7 @@ class Handler(BaseHTTPRequestHandler):
         if mode == "completions-http-500":
             return self.reply_json({"object": "error", "message": "EngineCore encountered an issue", "code": 500}, 500)
         if mode == "slow-headers":
-            self.state.stopping.wait(3)
+            self.state.stopping.wait(5)
         if mode == "html-200":
             return self.reply(200, b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>", "text/html")
         if mode == "close-after-headers":
@@ -350,6 +351,9 @@ class Handler(BaseHTTPRequestHandler):
             if mode == "sse-null-delta":
                 choice["delta" if chat else "text"] = None
             event = {**head, "choices": None if mode == "sse-null-choices" else [choice]}
+            if mode == "sse-not-json":
+                self.event(b"{'choices': [" + text.encode())
+                continue
             self.event([event] if mode == "sse-not-object" else event)
             done += len(ids)
         self.event({**head, "choices": [], "usage": {"prompt_tokens": len(prompt), "completion_tokens": n,
