@@ -145,7 +145,7 @@ def logprob_runs(logprobs: list[tuple[float, float | None]], greedy: bool) -> di
         if greedy and top is not None and lp < top - ARGMAX_TOLERANCE:
             not_argmax += 1
     return {"tokens": len(logprobs), "longest_unlikely_run": longest, "not_argmax": not_argmax,
-            "min_logprob": round(min((lp for lp, _ in logprobs), default=0.0), 3)}
+            "min_logprob": round(max(min((lp for lp, _ in logprobs), default=0.0), -1e9), 3)}   # -inf is no JSON
 
 
 def logprobs(results: list[Result], greedy: bool, drafts: float | None) -> Check:
