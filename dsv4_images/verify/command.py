@@ -1,27 +1,45 @@
-"""The `build.py verify` command line: arguments, the table, the JSON report and the exit code."""
+"""The `build.py verify` command line: arguments, the table, the JSON report and the exit code.
+
+Exit codes: 0 PASS; 1 a check FAILed; 3 nothing failed but something could not be judged; 1 with
+one `error:` line for bad arguments or nothing listening at --url. Whenever the verdict is not
+PASS, stderr gets exactly one line naming the checks behind it.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import sys
 import time
+import traceback
 from pathlib import Path
 
 from .. import matrix
 from ..errors import UserError
-from . import client, prompts, runner
+from . import checks as checks_mod, measurable, prompts, runner, server
+from .checks import CANNOT, PASS, SKIPPED, Check
+from .endpoint import Endpoint
+from .transport import Deadline, Timeouts
 
 
 def add_arguments(p) -> None:
+    d = Timeouts()
     p.add_argument("--url", required=True, help="the deployment, e.g. http://127.0.0.1:8000")
     p.add_argument("--workload", default="all", choices=[*prompts.WORKLOADS, "all"])
     p.add_argument("--concurrency", default="1,4,8", help="comma-separated levels (default 1,4,8)")
-    p.add_argument("--max-tokens", type=int, default=1024)
+    p.add_argument("--max-tokens", type=int, default=1024,
+                   help="per request; clamped to max_model_len minus the prompt where the server states it")
     p.add_argument("--temperature", type=float, default=0.0,
                    help="sampling temperature (0: greedy; > 0 also exercises the sampler)")
     p.add_argument("--json", type=Path, help="write the full report here")
-    p.add_argument("--baseline-url", help="the same model served without MTP, for the speedup")
+    p.add_argument("--baseline-url", help="the same model served without MTP, for the speedup and the divergence signal")
     p.add_argument("--arch", help="whose thresholds to apply (default: cpu when the tiny model is served)")
-    p.add_argument("--prompt-set", default="v1")
+    p.add_argument("--prompt-set", default=prompts.DEFAULT_VERSION)
+    p.add_argument("--connect-timeout", type=float, default=d.connect, help=f"seconds (default {d.connect:g})")
+    p.add_argument("--first-byte-timeout", type=float, default=d.first_byte,
+                   help=f"seconds to the first byte of a response, and of any later gap (default {d.first_byte:g})")
+    p.add_argument("--request-timeout", type=float, default=d.request, help=f"seconds per request (default {d.request:g})")
+    p.add_argument("--run-timeout", type=float, default=d.run, help=f"seconds for the whole run (default {d.run:g})")
 
 
 def _concurrencies(text: str) -> list[int]:
@@ -34,31 +52,52 @@ def _concurrencies(text: str) -> list[int]:
     return levels
 
 
+def _timeouts(args) -> Timeouts:
+    t = Timeouts(connect=args.connect_timeout, first_byte=args.first_byte_timeout, request=args.request_timeout,
+                 run=args.run_timeout).check()
+    return Timeouts(t.connect, t.first_byte, t.request, t.run, get=min(t.get, t.request))
+
+
+def _target_for(model: str, arch: str | None) -> tuple[str, dict, bool]:
+    """The one place that reads matrix.toml: (target name, its thresholds, whether the tiny model's rule applies)."""
+    m = matrix.load()
+    cpu = m.resolve("cpu")
+    rule = model == cpu.serve.served_model_name
+    if arch:
+        target = m.resolve(arch)
+    elif rule:
+        target = cpu
+    else:
+        raise UserError(f"the server serves {model!r}: pass --arch (sm100, sm120) to choose the thresholds")
+    return target.name, target.thresholds.model_dump(), rule
+
+
 def _fmt(value, spec: str = ".1f", none: str = "-") -> str:
     return none if value is None else format(value, spec)
 
 
 def table(report: dict) -> str:
-    head = f"{'workload':<13}{'c':>3}{'req':>5}{'err':>5}{'corr':>5}{'trunc':>6}{'wrong':>6}{'acc':>7}" \
+    head = f"{'workload':<13}{'c':>3}{'req':>5}{'err':>5}{'corr':>5}{'trunc':>6}{'ctx':>5}{'wrong':>6}{'acc':>7}" \
            f"{'tok/s':>9}{'req tok/s':>10}{'TPOT ms':>9}{'drafts':>8}{'accept':>8}{'len':>6}  per-pos"
-    lines = [head, "-" * len(head)]
+    lines = [head, "-" * len(head)] if report["phases"] else []
     for p in report["phases"]:
         s, cls = p["spec_decode"], p["classes"]
         per_pos = " ".join(f"{float(v):.2f}" for v in s["per_position_acceptance"].values())
         lines.append(f"{p['workload']:<13}{p['concurrency']:>3}{p['requests']:>5}{cls['errored']:>5}{cls['corrupted']:>5}"
-                     f"{cls['truncated']:>6}{cls['wrong']:>6}{_fmt(p['accuracy'], '.0%'):>7}"
+                     f"{cls['truncated']:>6}{cls['context-limited']:>5}{cls['wrong']:>6}{_fmt(p['accuracy'], '.0%'):>7}"
                      f"{p['output_tokens_per_s']:>9.1f}{_fmt(p['request_tokens_per_s_median']):>10}"
-                     f"{_fmt(p['tpot_ms_median']):>9}{s['drafts']:>8}{_fmt(s['acceptance_rate'], '.1%'):>8}"
-                     f"{_fmt(s['mean_acceptance_length'], '.2f'):>6}  {per_pos}")
+                     f"{_fmt(p['tpot_ms_median']):>9}{_fmt(s['drafts'], 'd', '?'):>8}{_fmt(s['acceptance_rate'], '.1%'):>8}"
+                     f"{_fmt(s['mean_acceptance_length'], '.2f'):>6}  {per_pos or s.get('problem', '')}")
         if "baseline" in p:
             b = p["baseline"]
-            lines.append(f"{'  no MTP':<13}{p['concurrency']:>3}{'':>37}{b['output_tokens_per_s']:>9.1f}"
+            lines.append(f"{'  no MTP':<13}{p['concurrency']:>3}{'':>42}{b['output_tokens_per_s']:>9.1f}"
                          f"{_fmt(b['request_tokens_per_s_median']):>10}{_fmt(b['tpot_ms_median']):>9}"
                          f"   speedup x{_fmt(p.get('speedup_output_tokens_per_s'), '.2f')} (throughput), "
                          f"x{_fmt(p.get('speedup_decode_tpot'), '.2f')} (decode)")
-    lines.append("")
-    ref = report["reference"]
-    for workload, acc in report["acceptance_by_workload"].items():
+    if lines:
+        lines.append("")
+    ref = report.get("reference", {})
+    for workload, acc in report.get("acceptance_by_workload", {}).items():
         minimum = report["thresholds"]["min_acceptance"].get(workload)
         card = ref["acceptance"].get(workload)
         lines.append(f"{workload:<13} acceptance {_fmt(acc['acceptance_rate'], '.1%')} "
@@ -66,12 +105,44 @@ def table(report: dict) -> str:
                      f"model card {_fmt(card, '.1%')}")
     if ref.get("output_tokens_per_s_c1"):
         lines.append(f"model card: {ref['output_tokens_per_s_c1']} output tok/s at c=1 on {report['target']}'s hardware")
-    for r in report["concurrency_regressions"]:
+    for r in report.get("concurrency_regressions", []):
         lines.append(f"REGRESSION {r['prompt']}: clean at c={r['clean_at']}, corrupted at c={r['corrupted_at']}: "
                      f"{'; '.join(r['symptoms'])[:160]}")
+    lines += ["", "checks:"] + ["  " + c.line() for c in report["_checks"]]
     verdict = report["verdict"]
-    lines.append("PASS" if verdict["passed"] else "FAIL: " + " | ".join(verdict["failures"]))
+    status = report["status"]
+    reasons = [f.removeprefix("cannot judge: ") if status == CANNOT else f for f in verdict["failures"]]
+    lines.append("PASS" if verdict["passed"] else f"{status}: " + " | ".join(reasons))
     return "\n".join(lines)
+
+
+def _internal(exc: Exception) -> Check:
+    where = traceback.extract_tb(exc.__traceback__)[-1]
+    return Check("verify-internal", CANNOT, f"verify failed: {type(exc).__name__}: {str(exc)[:120]} "
+                                            f"(at {where.filename.rsplit('/', 1)[-1]}:{where.lineno}; a bug in verify)")
+
+
+def _judge(args, mtp: Endpoint, baseline: Endpoint | None, baseline_problem: Check | None, selected, concurrencies,
+           thresholds: dict, rule: bool, emit) -> tuple[dict, list[Check]]:
+    run = runner.run(mtp, selected, concurrencies, args.max_tokens, args.temperature, rule, baseline, emit)
+    phases = run.phases
+    found = runner.threshold_checks(phases, thresholds)
+    found.append(measurable.context_check(mtp, phases, args.max_tokens))
+    found += measurable.metrics_checks(mtp)
+    if baseline is not None:
+        found += measurable.metrics_checks(baseline, prefix="baseline-", expect_mtp=False)
+    found += measurable.rule_check(phases, rule)
+    if not rule:
+        found += runner.answer_checks(run.answers, len(selected))
+    errors = [r for r in run.results if r.error and r.error_kind not in measurable.NOT_THE_SERVERS]
+    found += measurable.request_checks(run.results, len(errors) > thresholds["max_error_rate"] * len(run.results))
+    signals = run.signals
+    if baseline_problem is not None:
+        signals = [baseline_problem] + [s for s in signals if not (s.name == "baseline-identical" and s.status == SKIPPED)]
+    found += signals
+    extra = {"phases": phases, "acceptance_by_workload": runner.workload_acceptance(phases),
+             "concurrency_regressions": runner.concurrency_regressions(phases), "canary_windows": run.canary}
+    return extra, found
 
 
 def main(args, emit=print) -> int:
@@ -79,41 +150,74 @@ def main(args, emit=print) -> int:
     concurrencies = _concurrencies(args.concurrency)
     if args.max_tokens < 1:
         raise UserError("--max-tokens must be >= 1")
-    model = client.served_model(args.url)
-    baseline_model = client.served_model(args.baseline_url) if args.baseline_url else None
-    m = matrix.load()
-    cpu = m.resolve("cpu")
-    rule = model == cpu.serve.served_model_name
-    if args.arch:
-        target = m.resolve(args.arch)
-    elif rule:
-        target = cpu
-    else:
-        raise UserError(f"{args.url} serves {model!r}: pass --arch (sm100, sm120) to choose the thresholds")
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise UserError(f"--temperature {args.temperature}: expected a finite number >= 0")
+    timeouts = _timeouts(args)
+    deadline = Deadline(timeouts.run)
+    report = {"version": 2, "created": runner.now(), "url": args.url, "baseline_url": args.baseline_url,
+              "workload": args.workload, "concurrency": concurrencies, "max_tokens": args.max_tokens,
+              "temperature": args.temperature, "prompt_set": args.prompt_set,
+              "timeouts_s": {"connect": timeouts.connect, "first_byte": timeouts.first_byte, "request": timeouts.request,
+                             "run": timeouts.run, "get": timeouts.get},
+              "phases": []}
+    found: list[Check] = []
+    try:
+        info = server.describe(args.url, timeouts, deadline)
+    except server.ServerProblem as exc:
+        found.append(Check("server", CANNOT, exc.detail))
+        return _finish(report, found, args, started, emit)
+    target_name, thresholds, rule = _target_for(info.model, args.arch)
     version, selected = prompts.load(args.prompt_set)
     if args.workload != "all":
         selected = [p for p in selected if p.workload == args.workload]
-    emit(f"verify: {args.url} serves {model}; prompt set {version}, {len(selected)} prompts x concurrency "
-         f"{','.join(map(str, concurrencies))}, max_tokens {args.max_tokens}, temperature {args.temperature}"
-         f"{'; tiny-model rule checked on every token' if rule else ''}")
-    phases = runner.run(args.url, model, selected, concurrencies, args.max_tokens, args.temperature, rule,
-                        args.baseline_url, baseline_model, emit)
-    th = target.thresholds.model_dump()
-    failures = runner.judge(phases, th)
-    report = {
-        "version": 1, "created": runner.now(), "url": args.url, "model": model, "baseline_url": args.baseline_url,
-        "target": target.name, "prompt_set": version, "workload": args.workload, "concurrency": concurrencies,
-        "max_tokens": args.max_tokens, "temperature": args.temperature, "rule_checked": rule,
-        "thresholds": {k: th[k] for k in ("min_acceptance", "max_corrupted", "max_error_rate")},
-        "reference": {"acceptance": th["reference_acceptance"], "output_tokens_per_s_c1": th["reference_output_tokens_per_s_c1"],
-                      "source": "canada-quant/DeepSeek-V4-Flash-NVFP4-FP8-MTP model card"},
-        "phases": phases, "acceptance_by_workload": runner.workload_acceptance(phases),
-        "concurrency_regressions": runner.concurrency_regressions(phases),
-        "verdict": {"passed": not failures, "failures": failures}, "elapsed_s": runner.elapsed_since(started),
-    }
-    emit(table(report))
+    report |= {"model": info.model, "server": info.as_dict(), "target": target_name, "prompt_set": version,
+               "rule_checked": rule,
+               "thresholds": {k: thresholds[k] for k in ("min_acceptance", "max_corrupted", "max_error_rate")},
+               "reference": {"acceptance": thresholds["reference_acceptance"],
+                             "output_tokens_per_s_c1": thresholds["reference_output_tokens_per_s_c1"],
+                             "source": "canada-quant/DeepSeek-V4-Flash-NVFP4-FP8-MTP model card"}}
+    found.append(Check("server", PASS, f"{info.model}, max_model_len {info.max_model_len or 'not stated'}"))
+    baseline, baseline_problem = None, None
+    if args.baseline_url:
+        try:
+            baseline = Endpoint(server.describe(args.baseline_url, timeouts, deadline), timeouts, deadline)
+        except server.ServerProblem as exc:
+            baseline_problem = Check("baseline-server", CANNOT, exc.detail)
+    emit(f"verify: {args.url} serves {info.model} (max_model_len {info.max_model_len or 'not stated'}); prompt set "
+         f"{version}, {len(selected)} prompts x concurrency {','.join(map(str, concurrencies))}, max_tokens "
+         f"{args.max_tokens}, temperature {args.temperature}{'; tiny-model rule checked on every token' if rule else ''}")
+    emit(f"timeouts: connect {timeouts.connect:g}s, first byte {timeouts.first_byte:g}s, request {timeouts.request:g}s, "
+         f"run {timeouts.run:g}s")
+    if info.max_model_len and args.max_tokens >= info.max_model_len:
+        emit(f"warning: --max-tokens {args.max_tokens} leaves no room for a prompt in max_model_len "
+             f"{info.max_model_len}: each request's max_tokens is clamped to max_model_len minus its prompt")
+    mtp = Endpoint(info, timeouts, deadline)
+    try:
+        extra, judged = _judge(args, mtp, baseline, baseline_problem, selected, concurrencies, thresholds, rule, emit)
+        report |= extra
+        found += judged
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever a server sent, verify answers with a verdict, not a traceback
+        found.append(_internal(exc))
+    return _finish(report, found, args, started, emit)
+
+
+def _finish(report: dict, found: list[Check], args, started: float, emit) -> int:
+    report["checks"] = [c.as_dict() for c in found]
+    report["status"] = checks_mod.status_of(found)
+    report["verdict"] = checks_mod.verdict(found)
+    report["elapsed_s"] = runner.elapsed_since(started)
+    report["thresholds"] = report.get("thresholds", {"min_acceptance": {}})
+    emit(table({**report, "_checks": found}))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        except OSError as exc:
+            raise UserError(f"cannot write the report to {args.json}: {exc.strerror or exc}") from None
         emit(f"report: {args.json}")
-    return 0 if not failures else 1
+    code = checks_mod.exit_code(found)
+    if code:
+        print(checks_mod.summary(found), file=sys.stderr, flush=True)
+    return code
