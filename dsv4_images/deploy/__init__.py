@@ -63,7 +63,8 @@ def facts(matrix, target) -> Facts:
     serve = target.serve
     return Facts(
         target=target.name, kind=target.kind, description=target.description, project=project.name,
-        image=f"{repository}:{target.tags[0]}", router_image=f"{repository}-router:{ROUTER_VERSION}",
+        # Every image carries vllm-router (hash-locked in its lock), so the router runs from the same image.
+        image=f"{repository}:{target.tags[0]}", router_image=f"{repository}:{target.tags[0]}",
         port=serve.port, tensor_parallel_size=serve.tensor_parallel_size, model=serve.model,
         pcie_only=bool(serve.disable_custom_all_reduce) and serve.tensor_parallel_size > 1,
         home=str(home), cache_root=str(cache_root), cache_env=cache_env)

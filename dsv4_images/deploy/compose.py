@@ -11,7 +11,7 @@ from . import ROUTER_METRICS_PORT, ROUTER_PORT, Facts, dump
 
 REPLICAS = 2
 # The image's own health check says /health; Compose's says more: the model is listed and answers.
-HEALTHCHECK = {"test": ["CMD", "dsv4-serve", "--ready"], "interval": "30s", "timeout": "60s", "retries": 3}
+HEALTHCHECK = {"test": ["CMD", "dsv4-serve", "--ready"], "interval": "15s", "timeout": "60s", "retries": 3}
 START_PERIOD = {"cuda": "7200s", "cpu": "600s"}  # cold GPU starts download 172 GB and JIT-compile kernels
 CPU_SHM = "1g"
 
@@ -65,7 +65,7 @@ def files(f: Facts) -> dict[str, str]:
     header = f"""dsv4-flash {f.target} ({f.description}): {REPLICAS} replicas{gpus}, vllm-router in front.
   docker-compose -f deploy/compose/{f.target}.yaml up -d      # or: docker compose -f ... up -d
   curl http://127.0.0.1:{ROUTER_PORT}/v1/models
-Values (environment or .env): DSV4_IMAGE (owner/tag), ROUTER_IMAGE (an image with vllm-router on PATH),
+Values (environment or .env): DSV4_IMAGE (owner/tag), ROUTER_IMAGE (default: the same image, which carries vllm-router),
 MODEL, {'HF_TOKEN (gated models), ' if f.is_cuda else ''}DSV4_CACHE (a volume name or host directory for the caches),
 ROUTER_PORT, ROUTER_METRICS_PORT{', NCCL_P2P_DISABLE (1 if the first all-reduce hangs: PCIe P2P behind IOMMU)' if f.pcie_only else ''}.
 The router retries a request that fails before any byte reached the client on another replica; a
