@@ -32,6 +32,9 @@ def add_arguments(p) -> None:
     p.add_argument("--temperature", type=float, default=0.0,
                    help="sampling temperature (0: greedy; > 0 also exercises the sampler)")
     p.add_argument("--json", type=Path, help="write the full report here")
+    p.add_argument("--metrics-url", action="append", default=[], metavar="URL",
+                   help="read spec-decode counters here instead of --url, summed (repeat it for each replica behind a "
+                        "router: a router's own /metrics is one replica's at a time)")
     p.add_argument("--baseline-url", help="the same model served without MTP, for the speedup and the divergence signal")
     p.add_argument("--arch", help="whose thresholds to apply (default: cpu when the tiny model is served)")
     p.add_argument("--prompt-set", default=prompts.DEFAULT_VERSION)
@@ -191,7 +194,7 @@ def main(args, emit=print) -> int:
     if info.max_model_len and args.max_tokens >= info.max_model_len:
         emit(f"warning: --max-tokens {args.max_tokens} leaves no room for a prompt in max_model_len "
              f"{info.max_model_len}: each request's max_tokens is clamped to max_model_len minus its prompt")
-    mtp = Endpoint(info, timeouts, deadline)
+    mtp = Endpoint(info, timeouts, deadline, metrics_urls=tuple(args.metrics_url))
     try:
         extra, judged = _judge(args, mtp, baseline, baseline_problem, selected, concurrencies, thresholds, rule, emit)
         report |= extra

@@ -18,13 +18,14 @@ class Endpoint:
     info: server.ServerInfo
     timeouts: Timeouts
     deadline: Deadline | None = None
+    metrics_urls: tuple[str, ...] = ()   # where its spec-decode counters are read: the replicas behind a router
     watch: metrics.Watch = field(init=False)
     counter: server.PromptCounter = field(init=False)
     clamped: dict[str, tuple[int, int]] = field(default_factory=dict)   # request id -> (asked, allowed)
     unfit: dict[str, int] = field(default_factory=dict)                 # request id -> prompt tokens
 
     def __post_init__(self) -> None:
-        self.watch = metrics.Watch(self.url, self.model, self.timeouts, self.deadline)
+        self.watch = metrics.Watch(list(self.metrics_urls) or self.url, self.model, self.timeouts, self.deadline)
         self.counter = server.PromptCounter(self.url, self.model, self.timeouts, self.deadline)
 
     @property

@@ -51,6 +51,14 @@ class SpecDecodeCounters:
             {p: self.accepted_per_position.get(p, 0.0) - earlier.accepted_per_position.get(p, 0.0) for p in positions},
             self.present and earlier.present)
 
+    def __add__(self, other: "SpecDecodeCounters") -> "SpecDecodeCounters":
+        """Two servers' counters together (the replicas behind one router)."""
+        positions = set(self.accepted_per_position) | set(other.accepted_per_position)
+        return SpecDecodeCounters(
+            self.drafts + other.drafts, self.draft_tokens + other.draft_tokens, self.accepted + other.accepted,
+            {p: self.accepted_per_position.get(p, 0.0) + other.accepted_per_position.get(p, 0.0) for p in positions},
+            self.present and other.present)
+
     def named(self) -> dict[str, float]:
         out = {"num_drafts": self.drafts, "num_draft_tokens": self.draft_tokens, "num_accepted_tokens": self.accepted}
         out |= {f'num_accepted_tokens_per_pos{{position="{p}"}}': v for p, v in self.accepted_per_position.items()}
@@ -140,6 +148,18 @@ def read(base_url: str, model_name: str | None, timeouts: Timeouts, run: Deadlin
         return Scrape(None, exc.kind, exc.detail)
 
 
+def read_all(urls: list[str], model_name: str | None, timeouts: Timeouts, run: Deadline | None = None) -> Scrape:
+    """One scrape of every server (the replicas behind a router), summed; the first unreadable one names itself."""
+    scrapes = [read(url, model_name, timeouts, run) for url in urls]
+    for url, s in zip(urls, scrapes):
+        if s.counters is None:
+            return Scrape(None, s.problem, f"{url}: {s.detail}" if len(urls) > 1 else s.detail)
+    total = scrapes[0].counters
+    for s in scrapes[1:]:
+        total = total + s.counters
+    return Scrape(total)
+
+
 def decreased(earlier: SpecDecodeCounters, later: SpecDecodeCounters) -> str | None:
     """The first counter that went down from one scrape to the next, as 'name a -> b'."""
     before, after = earlier.named(), later.named()
@@ -157,16 +177,18 @@ class Window:
 
 
 class Watch:
-    """Every /metrics scrape of one server during a run, in order."""
+    """Every /metrics scrape of one deployment during a run, in order: the server itself, or the replicas
+    behind a router (`urls`), whose counters are summed per scrape."""
 
-    def __init__(self, base_url: str, model: str | None, timeouts: Timeouts, run: Deadline | None = None):
-        self.base_url, self.model, self.timeouts, self.run = base_url, model, timeouts, run
+    def __init__(self, urls: str | list[str], model: str | None, timeouts: Timeouts, run: Deadline | None = None):
+        self.urls = [urls] if isinstance(urls, str) else list(urls)
+        self.model, self.timeouts, self.run = model, timeouts, run
         self.scrapes: list[Scrape] = []
         self.decreases: list[str] = []
         self._last: SpecDecodeCounters | None = None
 
     def scrape(self) -> Scrape:
-        s = read(self.base_url, self.model, self.timeouts, self.run)
+        s = read_all(self.urls, self.model, self.timeouts, self.run)
         self.scrapes.append(s)
         if s.counters is not None:
             if self._last is not None:

@@ -218,3 +218,26 @@ def test_collapse_across_a_run_when_the_drafter_goes_bad_midway(tmp_path, capsys
     assert checks["draft-canary"]["status"] == PASS        # the first window was healthy
     windows = checks["acceptance-collapse"]["figures"]["windows"]
     assert windows[0] > 0.8 and windows[-1] < 0.2
+
+
+def test_behind_a_router_the_counters_are_read_from_every_replica_and_summed(tmp_path, capsys):
+    """A router's own /metrics is one replica's at a time; --metrics-url names each replica instead."""
+    report = tmp_path / "router.json"
+    with FakeVLLM("healthy") as front, FakeVLLM("healthy") as other:
+        code, out, err = verify(front.url, *QUICK, "--metrics-url", front.url, "--metrics-url", other.url,
+                                "--json", str(report), capsys=capsys)
+    assert code == 0, (out, err)
+    with FakeVLLM("healthy") as front, FakeVLLM("metrics-hang") as broken:
+        code, out, err = verify(front.url, *QUICK, *SHORT, "--metrics-url", front.url, "--metrics-url", broken.url,
+                                capsys=capsys)
+    assert code == 3 and "metrics-unreadable" in err
+    assert any(broken.url in line for line in out), "the unreadable replica is named"
+
+
+def test_counters_of_two_replicas_add_up():
+    from dsv4_images.verify.metrics import SpecDecodeCounters
+    a = SpecDecodeCounters(10, 20, 15, {0: 9, 1: 6}, True)
+    b = SpecDecodeCounters(4, 8, 2, {0: 2}, True)
+    total = a + b
+    assert (total.drafts, total.draft_tokens, total.accepted, total.accepted_per_position) == (14, 28, 17, {0: 11, 1: 6})
+    assert total.acceptance_rate == 17 / 28 and not (a + SpecDecodeCounters()).present
