@@ -53,7 +53,14 @@ class Server:
 
     def __init__(self, container: DockerContainer, url: str, start_to_healthy_s: float):
         self.container, self.url, self.start_to_healthy_s = container, url, start_to_healthy_s
-        self.model = client.served_model(url)
+        self._model: str | None = None
+
+    @property
+    def model(self) -> str:
+        """The served model's id (asked once; a server started with an API key needs it, so ask lazily)."""
+        if self._model is None:
+            self._model = client.served_model(self.url)
+        return self._model
 
     @property
     def docker(self):

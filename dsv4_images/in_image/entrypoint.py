@@ -233,6 +233,9 @@ def main(argv: list[str] | None = None, env: dict | None = None, defaults_path: 
         if mode == "--preflight-only":
             return 0
         runtime.check_shm(serve.get("min_shm_mb"), env)
+        # Group-writable from here on (vLLM inherits it): replicas running under other UIDs in group 0
+        # share the cache volume, as OpenShift and our Compose and Kubernetes files run them.
+        os.umask(0o002)
         cache_env, notes = runtime.prepare_caches(env, defaults.get("build_id", "unknown"))
         for note in notes:
             say(note)

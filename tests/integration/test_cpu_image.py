@@ -21,7 +21,7 @@ from dsv4_images.in_image import tinymodel
 from dsv4_images.serving import container, start, stop
 from dsv4_images.verify import client, phase
 
-from .cpu_server import build_cpu_image, container_for, model_dir_for_mounting, serve
+from .cpu_server import container_for, model_dir_for_mounting, serve
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.network]
 
@@ -37,16 +37,6 @@ def requests(temperature: float, kinds=("completion", "chat"), seed_base: int = 
     return [client.Request(f"{kind}-{i}", p, kind=kind, max_tokens=MAX_TOKENS, temperature=temperature,
                            seed=seed_base + i)
             for i, p in enumerate(PROMPTS) for kind in kinds]
-
-
-@pytest.fixture(scope="module")
-def cpu_image(docker_client, report):
-    return build_cpu_image(docker_client, unpatched=False, report=report)
-
-
-@pytest.fixture(scope="module")
-def unpatched_image(docker_client, report):
-    return build_cpu_image(docker_client, unpatched=True, report=report)
 
 
 @pytest.fixture(scope="module")
