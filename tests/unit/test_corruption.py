@@ -130,11 +130,17 @@ def test_special_tokens_quoted_in_the_prompt_are_not_leaks():
     assert detect("It marks the start: <｜begin▁of▁sentence｜>.", prompt=prompt) == []
 
 
-def test_think_tags_only_as_one_leading_block():
-    assert "special-token" not in symptoms("<think>\n2 + 2 = 4\n</think>\n\nThe answer is 4.", prompt="2+2?")
-    assert "special-token" not in symptoms("2 + 2 = 4, easy.\n</think>\n\nThe answer is 4.", prompt="2+2?")
-    assert "special-token" in symptoms("The answer is 4.<think> Let me check.</think> Yes, 4.", prompt="2+2?")
-    assert "special-token" in symptoms("<think>a</think> b </think> c.", prompt="2+2?")
+def test_think_tags_never_belong_in_the_answer_unless_the_server_sends_raw_reasoning():
+    leading = "<think>\n2 + 2 = 4\n</think>\n\nThe answer is 4."
+    closing = "2 + 2 = 4, easy.\n</think>\n\nThe answer is 4."
+    for text in (leading, closing, "The answer is 4.</think>"):
+        assert "special-token" in symptoms(text, prompt="2+2?")          # a reasoning parser split nothing
+    assert "special-token" not in symptoms(leading, prompt="2+2?", reasoning_in_content=True)
+    assert "special-token" not in symptoms(closing, prompt="2+2?", reasoning_in_content=True)
+    assert "special-token" in symptoms("The answer is 4.<think> Let me check.</think> Yes, 4.", prompt="2+2?",
+                                       reasoning_in_content=True)
+    assert "special-token" in symptoms("<think>a</think> b </think> c.", prompt="2+2?", reasoning_in_content=True)
+    assert "special-token" not in symptoms("Tags like `</think>` end the reasoning.", prompt="What is </think>?")
 
 
 def test_bpe_markers_but_not_maltese_or_sparklines():

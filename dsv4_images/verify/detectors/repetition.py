@@ -13,7 +13,9 @@ characters and puts no spaces between words, so units are characters and clauses
   more (a list item or a line of code in a loop), 3 copies of weight 12 or more (a sentence loop),
   or 2 copies of weight 40 or more (a sentence or a paragraph said twice).
 - Anywhere in the prose: the same sentence of weight 40 or more four times or more (a reasoning
-  loop with variations in between).
+  loop with variations in between), or the same paragraph of prose (weight 60 or more) twice: an
+  answer never says a whole paragraph again word for word. Verse is exempt (a stanza of short lines
+  may come back as a refrain), as are lists.
 
 - Filler: six or more blank lines in a row, or in prose one or two symbols (an emoji, "!") twelve
   times or more; Markdown's rule and separator characters (- = _ * ~ # . | + : /) and digits are
@@ -104,6 +106,22 @@ def _blocks(units: list[str], kind: str) -> Finding | None:
     return None
 
 
+def _paragraph_twice(prose: str) -> Finding | None:
+    seen: set[str] = set()
+    for paragraph in re.split(r"\n[ \t]*\n", prose):
+        lines = [line for line in paragraph.splitlines() if line.strip()]
+        if not lines or any(LIST_MARKER.match(line) for line in lines) or len(lines) >= 2 and \
+                all(weight(line) < 50 for line in lines):
+            continue      # a list, or verse
+        key = " ".join(paragraph.split()).lower()
+        if weight(key) < 60:
+            continue
+        if key in seen:
+            return Finding("repetition", f"the paragraph {key[:60]!r} twice")
+        seen.add(key)
+    return None
+
+
 def _recurring(units: list[str]) -> Finding | None:
     seen: dict[str, int] = {}
     for u in units:
@@ -137,7 +155,7 @@ def repetition(text: str, prose: str, code_bodies: list[str]) -> list[Finding]:
     found = _inline(text) or _filler(text, prose)
     if not found:
         units = _units(prose)
-        found = _blocks(units, "prose") or _recurring(units)
+        found = _blocks(units, "prose") or _recurring(units) or _paragraph_twice(prose)
     for body in code_bodies:
         if found:
             break

@@ -21,11 +21,10 @@ language should be:
   three or more letters of a spaced host script ("σort").
 
 Latin is the one script every language uses for terms, names, units, variables and identifiers,
-so Latin tokens in a CJK or other non-Latin host are never foreign by themselves; Latin *prose*
-inside a host sentence is: a run of lowercase English words holding function words ("从数据中
-the patterns and 规律"), unless quoted, bracketed or labelled; a whole English paragraph is a
-choice of language, not a fragment. Limits: a single stray Latin letter inside Chinese cannot be
-told from a variable and is not flagged; a foreign word the text sets off is trusted.
+so Latin letters in a CJK or other non-Latin host are never foreign by themselves; Latin *words*
+that cannot be terms are judged in latin_words.py. Limits: a single stray Latin letter inside
+Chinese cannot be told from a variable and is not flagged; a foreign word the text sets off is
+trusted.
 """
 
 from __future__ import annotations
@@ -85,15 +84,6 @@ OPENERS = "([{（【〔［｛<《〈「『\"'“‘«‹*_"
 CLOSERS = ")]}）】〕］｝>》〉」』\"'”’»›*_"
 LABEL_MARKS = ":：—–-→|"
 JOINERS = " ·・'’-‐"
-# English function words that are not also common programming keywords or identifiers, and the
-# wider set used when several Latin words already read as a phrase.
-ENGLISH_ONLY = set("""the of are was were been being which their there these those would could should because
-although however therefore into onto about than then them they we our you your its has have had does did
-very also such both either neither whose whom""".split())
-FUNCTION_WORDS = ENGLISH_ONLY | set("a an and or but if so to in on at by for with from as is be it that this not no"
-                                    .split())
-
-
 @lru_cache(maxsize=4096)
 def script_of(ch: str) -> str | None:
     """The script of a letter or script-specific mark, from the first word of its Unicode name
@@ -303,43 +293,3 @@ def foreign_letters(prose: str, host: set[str], invited: set[str]) -> list[Findi
             findings.append(Finding("script-mixing", f"{script} {prose[start:end]!r} in "
                                                      f"{'/'.join(sorted(host))} prose: {excerpt(prose, start, end)!r}"))
     return findings
-
-
-LATIN_PHRASE = re.compile(r"[A-Za-z][A-Za-z'’]*(?:[ ,]+[A-Za-z][A-Za-z'’]*)*")
-
-
-def latin_prose_fragments(prose: str, host: set[str]) -> list[Finding]:
-    """English prose in a paragraph of a non-Latin host (see the module docstring)."""
-    if "latin" in host:
-        return []
-    findings = []
-    for m in LATIN_PHRASE.finditer(prose):
-        words = re.findall(r"[A-Za-z'’]+", m.group(0))
-        lower = [w for w in words if w.islower()]
-        strong = [w for w in lower if w in ENGLISH_ONLY]
-        weak = [w for w in lower if w in FUNCTION_WORDS]
-        content = [w for w in words if w.lower() not in FUNCTION_WORDS]
-        if content and all(w[0].isupper() for w in content):
-            continue      # Title Case or acronyms: a name or term ("Out of Memory")
-        if not (strong and (len(words) >= 2 or _glued_both(prose, m.start(), m.end(), host))
-                or len(words) >= 3 and len(weak) >= 1 and len(lower) >= 3):
-            continue
-        p_left = prose.rfind("\n\n", 0, m.start()) + 1
-        p_right = prose.find("\n\n", m.end())
-        if not any(script_of(c) in host for c in prose[p_left:len(prose) if p_right < 0 else p_right]):
-            continue      # a paragraph of its own in English is a choice of language, not a fragment
-        before = prose[m.start() - 1] if m.start() else " "
-        after = prose[m.end()] if m.end() < len(prose) else " "
-        if before in "._/\\=#@<" or after in "._/\\(=[<>" \
-                or set_off(prose, m.start(), m.end(), short=len(words) <= 6):
-            continue      # a path, an identifier, a call; a quoted, bracketed or labelled term
-        where = excerpt(prose, m.start(), m.end())
-        findings.append(Finding("script-mixing", f"English words {m.group(0)!r} inside {'/'.join(sorted(host))} "
-                                                 f"prose: {where!r}"))
-    return findings
-
-
-def _glued_both(prose: str, start: int, end: int, host: set[str]) -> bool:
-    left = script_of(prose[start - 1]) if start else None
-    right = script_of(prose[end]) if end < len(prose) else None
-    return left in host and right in host

@@ -40,7 +40,7 @@ import re
 import unicodedata
 
 from . import Finding, excerpt
-from .scripts import script_of
+from .scripts import CJK, script_of
 
 SPECIAL_TOKEN = re.compile(
     r"<｜[^｜<>\n]{1,60}｜>"                                   # DeepSeek
@@ -52,7 +52,7 @@ SPECIAL_TOKEN = re.compile(
     r"|<0x[0-9A-Fa-f]{2}>"                                                                    # byte fallback
     r"|<｜|｜>|<\|(?:im_|end|eot|eom|start_|begin_|reserved|fim_|endof|system|user|assistant)\w*")  # cut-off halves
 THINK = re.compile(r"</?think>")
-BPE_MARKER = re.compile(r"(?<=[^\W_])[ĠĊ]|▁(?=[^\W\d_])")
+BPE_MARKER = re.compile(r"[ĠĊ]|▁(?=[^\W\d_])")
 ALLOWED_FORMAT = {0x200C, 0x200D} | set(range(0xE0020, 0xE0080))
 DIRECTION_MARKS = {0x200E, 0x200F, 0x061C, 0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069}
 RTL = {"hebrew", "arabic", "syriac", "thaana", "nko"}
@@ -73,34 +73,71 @@ MARKUP_INVITED = re.compile(r"html|xml|svg|markup|\btags?\b|element|jsx|vue|reac
                             re.I)
 
 
-def special_tokens(text: str, prose: str, prompt: str) -> list[Finding]:
+def special_tokens(text: str, prose: str, prompt: str, reasoning_in_content: bool = False) -> list[Finding]:
     for m in SPECIAL_TOKEN.finditer(prose):
         if m.group(0) not in prompt:
             return [Finding("special-token", f"leaked {m.group(0)!r}: {excerpt(text, m.start(), m.end())!r}")]
     tags = [m for m in THINK.finditer(prose) if m.group(0) not in prompt]
     if tags:
-        expected = [t.group(0) for t in tags] in (["<think>", "</think>"], ["</think>"])
-        leading = not re.search(r"\S", prose[:tags[0].start()]) or tags[0].group(0) == "</think>" and len(tags) == 1
-        if not (expected and leading):
-            return [Finding("special-token", f"think tag {tags[-1].group(0)!r} out of place: "
+        shape = [t.group(0) for t in tags]
+        leading = shape == ["</think>"] or shape == ["<think>", "</think>"] and not re.search(r"\S", prose[:tags[0].start()])
+        if not (reasoning_in_content and leading):
+            where = "" if reasoning_in_content else " (the answer's content holds no reasoning markup)"
+            return [Finding("special-token", f"think tag {tags[-1].group(0)!r} out of place{where}: "
                                              f"{excerpt(text, tags[-1].start(), tags[-1].end())!r}")]
     return []
 
 
 def bpe_markers(text: str, prose: str) -> list[Finding]:
     prose = SPECIAL_TOKEN.sub(lambda m: " " * len(m.group(0)), prose)     # DeepSeek's own tokens hold ▁
-    found = BPE_MARKER.findall(prose)
+    found = [m for m in BPE_MARKER.finditer(prose) if m.group(0) == "▁" or _outside_a_word(prose, m.start())]
     if found:
-        m = BPE_MARKER.search(prose)
+        m = found[0]
         return [Finding("bpe-marker", f"{len(found)} byte-level BPE markers, e.g. {excerpt(text, m.start(), m.end())!r}")]
     return []
 
 
+def _outside_a_word(prose: str, i: int) -> bool:
+    """Ġ or Ċ where no Maltese word can hold it: after a letter or digit ("helloĠworld"), or
+    between punctuation or digits ("ground.Ċ3."); a letter named between spaces or quotes is a mention."""
+    before = prose[i - 1] if i else " "
+    after = prose[i + 1] if i + 1 < len(prose) else " "
+    if before.isalnum() or before in "ĠĊ":
+        return True
+    if after.isalpha() or after in "ĠĊ":
+        return after in "ĠĊ"
+    named = " \n\"'`‘’“”«»()[]"
+    return not (before in named and after in named + ".,;:!?")
+
+
+QUOTES = "\"'`‘’“”«»「」『』()[]（）【】"
+
+
+def _named(text: str, i: int, spans: list[tuple[int, int]]) -> bool:
+    """The U+FFFD at i is named, not a letter's lost bytes: nothing of a word touches it, and it
+    sits in code, inline code or quotes."""
+    j, k = i, i + 1
+    while j > 0 and text[j - 1] == "\ufffd":
+        j -= 1
+    while k < len(text) and text[k] == "\ufffd":
+        k += 1
+    before, after = text[j - 1:j], text[k:k + 1]
+    if before.isalnum() or after.isalnum():
+        return False
+    return any(a <= i < b for a, b in spans) or before in QUOTES and after in QUOTES
+
+
+def replacement_chars(text: str, spans: list[tuple[int, int]], prompt: str = "") -> list[Finding]:
+    """U+FFFD stands where bytes were not valid UTF-8, unless the text names the character: set
+    apart in code, inline code or quotes (anywhere set apart, when the prompt holds one too)."""
+    bad = [i for i, ch in enumerate(text) if ch == "\ufffd"
+           and not (_named(text, i, spans) or "\ufffd" in prompt and _named(text, i, [(0, len(text))]))]
+    if not bad:
+        return []
+    return [Finding("replacement-char", f"{len(bad)} U+FFFD: {excerpt(text, bad[0], bad[0] + 1)!r}")]
+
+
 def control_chars(text: str) -> list[Finding]:
-    findings = []
-    if "\ufffd" in text:
-        i = text.index("\ufffd")
-        findings.append(Finding("replacement-char", f"{text.count(chr(0xFFFD))} U+FFFD: {excerpt(text, i, i + 1)!r}"))
     rtl = any(script_of(c) in RTL for c in text)
     bad = []
     for i, ch in enumerate(text):
@@ -110,19 +147,15 @@ def control_chars(text: str) -> list[Finding]:
             bad.append(i)
     if bad:
         i = bad[0]
-        findings.append(Finding("control-char", f"{len(bad)} control, private-use or invisible characters, first "
-                                                f"U+{ord(text[i]):04X} {unicodedata.name(text[i], 'unnamed')}: "
-                                                f"{excerpt(text, i, i + 1)!r}"))
-    return findings
+        return [Finding("control-char", f"{len(bad)} control, private-use or invisible characters, first "
+                                        f"U+{ord(text[i]):04X} {unicodedata.name(text[i], 'unnamed')}: "
+                                        f"{excerpt(text, i, i + 1)!r}")]
+    return []
 
 
-def _utf8_sequences(run: str) -> str:
-    """The characters that whole UTF-8 sequences among the run's Windows-1252 bytes decode to
-    (a run cut short, or a byte 1252 cannot show, still leaves the rest readable)."""
-    try:
-        data = run.encode("cp1252")
-    except UnicodeError:
-        return ""
+def _utf8_sequences(data: bytes) -> str:
+    """The characters that whole UTF-8 sequences among the bytes decode to (a run cut short, or a
+    byte the wrong codec could not show, still leaves the rest readable)."""
     out, i = [], 0
     while i < len(data):
         b = data[i]
@@ -139,25 +172,53 @@ def _utf8_sequences(run: str) -> str:
     return "".join(out)
 
 
-def _undoes(run: str, codec: str) -> str | None:
+def rarity(ch: str) -> int:
+    """A language-model-free frequency class of a Chinese character, from where GB2312 puts it:
+    0 for its first level (the 3,755 most used hanzi) and ASCII, 1 for its second level (3,008
+    rarer hanzi) and its symbol rows, 2 for what only GBK, or no Chinese codec, holds."""
     try:
-        fixed = run.encode(codec).decode("utf-8")
+        b = ch.encode("gb2312")
+    except UnicodeError:
+        return 2
+    return 0 if len(b) == 1 or 0xB0 <= b[0] <= 0xD7 else 1
+
+
+def _gbk_mojibake(run: str) -> str | None:
+    """What the run says when its GBK bytes are read as the UTF-8 they were, when that reading is
+    positive evidence: it covers most of the bytes, holds two CJK characters or more, and they are far
+    more common characters than the run's (ordinary Chinese, all first-level, never qualifies)."""
+    try:
+        data = run.encode("gbk")
     except UnicodeError:
         return None
-    return fixed if fixed != run and any(ord(c) > 127 for c in fixed) else None
+    fixed = _utf8_sequences(data)
+    cjk = [c for c in fixed if script_of(c) in CJK]
+    if len(cjk) < 2 or len(fixed.encode()) < 0.6 * len(data):
+        return None
+    before = sum(map(rarity, run)) / len(run)
+    after = sum(map(rarity, cjk)) / len(cjk)
+    return fixed if before >= 0.8 and after <= 0.3 else None
+
+
+GBK_RUN = re.compile(r"[^\x00-\x7f\s，。、；：！？]{2,}")
+UNINITIALISED = re.compile(r"锟斤拷|烫{3,}|屯{3,}")
 
 
 def mojibake(text: str) -> list[Finding]:
     for m in MOJIBAKE.finditer(text):
-        fixed = _utf8_sequences(m.group(0))
+        try:
+            fixed = _utf8_sequences(m.group(0).encode("cp1252"))
+        except UnicodeError:
+            continue
         if fixed:
             return [Finding("mojibake", f"{m.group(0)!r} is UTF-8 read as Windows-1252 ({fixed!r})")]
-    for m in re.finditer(r"[\u4e00-\u9fff]{2,}", text):
-        run = m.group(0)
-        for k in range(len(run) - 1):
-            fixed = _undoes(run[k:k + 3], "gbk") or _undoes(run[k:k + 2], "gbk")
-            if fixed and ("\ufffd" in fixed or any(unicodedata.category(c) in ("Co", "Cc", "Cn") for c in fixed)):
-                return [Finding("mojibake", f"{run[k:k + 3]!r} is UTF-8 read as GBK ({fixed!r})")]
+    m = UNINITIALISED.search(text)
+    if m:
+        return [Finding("mojibake", f"{m.group(0)!r}: U+FFFD's bytes, or uninitialised memory, read as GBK")]
+    for m in GBK_RUN.finditer(text):
+        fixed = _gbk_mojibake(m.group(0))
+        if fixed:
+            return [Finding("mojibake", f"{m.group(0)[:12]!r} is UTF-8 read as GBK ({fixed[:8]!r})")]
     return []
 
 
