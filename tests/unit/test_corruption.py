@@ -262,7 +262,7 @@ def test_code_that_does_not_parse_in_its_declared_language(lang, body):
 @pytest.mark.parametrize("lang, body", [
     ("python", ">>> x = [1, 2]\n>>> for v in x:\n...     print(v)\n1\n2"), ("python", "%timeit f()\n!pip install numpy\nf()"),
     ("jsonc", '{"a": 1, // the answer\n "b": 2}'), ("json", '{"a": 1,\n ...\n}'),
-    ("rust", "fn f<'a>(x: &'a str) -> &'a str { x }"), ("bash", "if [ -f x ]; then echo (; fi"),
+    ("rust", "fn f<'a>(x: &'a str) -> &'a str { x }"), ("zsh", "if [ -f x ]; then echo (; fi"),
     ("swift", 'let s = """\nhe said "hi" (\n"""'),
 ])
 def test_code_that_parses_or_is_not_checked(lang, body):

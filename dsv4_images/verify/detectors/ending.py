@@ -65,6 +65,7 @@ DANGLING_ZH = ("的", "和", "与", "及", "或", "或者", "在", "把", "被",
 PAIRS = [("([", ")]"), ("（", "）"), ("“", "”"), ("「", "」"), ("【", "】"), ("《", "》")]   # ( and [ pair either way: [0, 1)
 STRUCTURAL = re.compile(r"^\s*(?:[-*+•]\s|[>|#]|\d+[.)、]|[A-Za-z][.)]\s)")
 LIST_ITEM = re.compile(r"^(\s*)(?:[-*+•]\s+|\d+[.)、]\s*|[A-Za-z][.)]\s+)")
+URL_END = re.compile(r"(?:https?://|www\.)\S+$|\S+@\S+\.\w+$")
 EMOJI_TAIL = {0xFE0F, 0xFE0E, 0x200D, 0x20E3} | set(range(0x1F3FB, 0x1F400)) | set(range(0xE0020, 0xE0080))
 
 
@@ -123,8 +124,8 @@ def _open_sibling(prose_lines: list[str]) -> str | None:
     sentence, or a line continuing one that ended on a comma."""
     last = prose_lines[-1].rstrip("*_~ ")
     words, cjk = _size(last)
-    if not (last[-1:].isalnum() or script_of(last[-1:] or " ")):
-        return None
+    if not (last[-1:].isalnum() or script_of(last[-1:] or " ")) or URL_END.search(last):
+        return None       # ends on punctuation already judged, or on a link or address
     m = LIST_ITEM.match(prose_lines[-1])
     if m:
         indent, siblings = len(m.group(1)), []

@@ -13,8 +13,8 @@ content word or a name; it is never a function word. So, outside code, inline co
   words name nothing, so no host language borrows them ("叶绿素 the 吸收光能", "x = 3 wieder 代入").
   Words that are also programming keywords or common identifiers (for, if, in, and, or, not, is,
   as, then, die, del, sin, com ...) are left out: Chinese prose names those as terms.
-A word set off by quotes, brackets or a label, or touching code punctuation (a path, a call), is
-a mention, not text.
+A word set off by quotes, brackets or a label, touching code punctuation (a path, a call), or in
+a sentence that names its language, is a mention, not text; so is any when the prompt names it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 
 from . import Finding, excerpt
-from .scripts import script_of, set_off
+from .scripts import sentence_bounds, named_scripts, script_of, set_off
 
 # English function words that are not also common programming keywords or identifiers, and the
 # wider set used when several Latin words already read as a phrase.
@@ -35,7 +35,7 @@ FUNCTION_WORDS = ENGLISH_ONLY | set("a an and or but if so to in on at by for wi
 CLOSED_CLASS = (ENGLISH_ONLY - {"then", "has", "have", "had", "does", "did"}) | set("""
 wieder nicht auch noch aber oder und der das ist sind wird werden wurde dann denn wenn weil schon sehr immer nur
 jetzt hier dort über für zwischen nach bei durch gegen ohne eine einen einem einer ein sich
-les une est sont avec pour dans mais donc aussi très alors puis encore toujours sans chez leur nous vous elle ils
+les une est sont avec dans mais donc aussi très alors puis encore toujours sans chez leur nous vous elle ils
 cette ces
 los las una para pero muy también porque cuando donde entonces otra otro vez ahora siempre está están como
 della degli sono anche perché ancora molto sempre questo questa nella alla
@@ -59,8 +59,9 @@ def _stray(prose: str, start: int, end: int, word: str, host: set[str]) -> bool:
     return script_of(_neighbour(prose, start - 1, -1)) in host or script_of(_neighbour(prose, end, 1)) in host
 
 
-def latin_prose_fragments(prose: str, host: set[str]) -> list[Finding]:
-    """English prose, or a stray function word, in a paragraph of a non-Latin host."""
+def latin_prose_fragments(prose: str, host: set[str], named: set[str] = frozenset()) -> list[Finding]:
+    """English prose, or a stray function word, in a paragraph of a non-Latin host. `named`: the
+    scripts the prompt names ("英语里 the 和 a 有什么区别"): their words are the topic, not strays."""
     if "latin" in host:
         return []
     findings = []
@@ -72,7 +73,8 @@ def latin_prose_fragments(prose: str, host: set[str]) -> list[Finding]:
         content = [w for w in words if w.lower() not in FUNCTION_WORDS]
         if content and all(w[0].isupper() for w in content):
             continue      # Title Case or acronyms: a name or term ("Out of Memory")
-        single = len(words) == 1 and words[0].islower() and _stray(prose, m.start(), m.end(), words[0], host)
+        single = len(words) == 1 and words[0].islower() and "latin" not in named \
+            and _stray(prose, m.start(), m.end(), words[0], host)
         if not (single or strong and len(words) >= 2 or len(words) >= 3 and len(weak) >= 1 and len(lower) >= 3):
             continue
         p_left = prose.rfind("\n\n", 0, m.start()) + 1
@@ -84,6 +86,8 @@ def latin_prose_fragments(prose: str, host: set[str]) -> list[Finding]:
         if before in CODE_EDGE_BEFORE or after in CODE_EDGE_AFTER \
                 or set_off(prose, m.start(), m.end(), short=len(words) <= 6):
             continue      # a path, an identifier, a call; a quoted, bracketed or labelled term
+        if single and "latin" in named_scripts(prose[slice(*sentence_bounds(prose, m.start(), m.end()))]):
+            continue      # "英语的冠词 the 表示特指": a sentence naming the language discusses its words
         what = f"the stray word {m.group(0)!r}" if single else f"English words {m.group(0)!r}"
         where = excerpt(prose, m.start(), m.end())
         findings.append(Finding("script-mixing", f"{what} inside {'/'.join(sorted(host))} prose: {where!r}"))

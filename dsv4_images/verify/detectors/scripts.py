@@ -147,7 +147,7 @@ def named_scripts(text: str) -> set[str]:
     return out
 
 
-def _sentence_bounds(text: str, start: int, end: int) -> tuple[int, int]:
+def sentence_bounds(text: str, start: int, end: int) -> tuple[int, int]:
     left = max(text.rfind(c, 0, start) for c in ".!?。！？\n") + 1
     rights = [i for i in (text.find(c, end) for c in ".!?。！？\n") if i >= 0]
     return left, min(rights) if rights else len(text)
@@ -280,7 +280,7 @@ def foreign_letters(prose: str, host: set[str], invited: set[str]) -> list[Findi
             findings.append(Finding("script-mixing", f"{script} {run!r} glued to a {'/'.join(sorted(host))} word: "
                                                      f"{excerpt(prose, start, end)!r}"))
             continue
-        s_left, s_right = _sentence_bounds(prose, start, end)
+        s_left, s_right = sentence_bounds(prose, start, end)
         if script in named_scripts(prose[s_left:s_right]) \
                 or letters <= 60 and set_off(prose, start, end, short=letters <= 30):
             presented.add(script)

@@ -73,11 +73,19 @@ MARKUP_INVITED = re.compile(r"html|xml|svg|markup|\btags?\b|element|jsx|vue|reac
                             re.I)
 
 
+QUOTES = "\"'`‘’“”«»「」『』()[]（）【】"
+
+
+def _quoted(prose: str, start: int, end: int) -> bool:
+    """The span is named, not emitted: quotes or brackets hold it and nothing else."""
+    return 0 < start and end < len(prose) and prose[start - 1] in QUOTES and prose[end] in QUOTES
+
+
 def special_tokens(text: str, prose: str, prompt: str, reasoning_in_content: bool = False) -> list[Finding]:
     for m in SPECIAL_TOKEN.finditer(prose):
-        if m.group(0) not in prompt:
+        if m.group(0) not in prompt and not _quoted(prose, m.start(), m.end()):
             return [Finding("special-token", f"leaked {m.group(0)!r}: {excerpt(text, m.start(), m.end())!r}")]
-    tags = [m for m in THINK.finditer(prose) if m.group(0) not in prompt]
+    tags = [m for m in THINK.finditer(prose) if m.group(0) not in prompt and not _quoted(prose, m.start(), m.end())]
     if tags:
         shape = [t.group(0) for t in tags]
         leading = shape == ["</think>"] or shape == ["<think>", "</think>"] and not re.search(r"\S", prose[:tags[0].start()])
@@ -99,18 +107,16 @@ def bpe_markers(text: str, prose: str) -> list[Finding]:
 
 def _outside_a_word(prose: str, i: int) -> bool:
     """Ġ or Ċ where no Maltese word can hold it: after a letter or digit ("helloĠworld"), or
-    between punctuation or digits ("ground.Ċ3."); a letter named between spaces or quotes is a mention."""
+    after punctuation ("ground.Ċ3.", "done.ĊNext"); a letter named between spaces or quotes is a mention."""
     before = prose[i - 1] if i else " "
     after = prose[i + 1] if i + 1 < len(prose) else " "
     if before.isalnum() or before in "ĠĊ":
         return True
+    named = " \t\n\"'`‘’“”«»()[]"
     if after.isalpha() or after in "ĠĊ":
-        return after in "ĠĊ"
-    named = " \n\"'`‘’“”«»()[]"
+        return after in "ĠĊ" or before not in named + "-'’"      # a Maltese word starts after a space,
+                                                                # a quote, or its article's hyphen (il-Ġimgħa)
     return not (before in named and after in named + ".,;:!?")
-
-
-QUOTES = "\"'`‘’“”«»「」『』()[]（）【】"
 
 
 def _named(text: str, i: int, spans: list[tuple[int, int]]) -> bool:
@@ -200,23 +206,30 @@ def _gbk_mojibake(run: str) -> str | None:
     return fixed if before >= 0.8 and after <= 0.3 else None
 
 
-GBK_RUN = re.compile(r"[^\x00-\x7f\s，。、；：！？]{2,}")
+GBK_RUN = re.compile(r"[^\x00-\x7f\s，。、；：！？“”‘’「」『』（）《》【】]{2,}")
 UNINITIALISED = re.compile(r"锟斤拷|烫{3,}|屯{3,}")
 
 
-def mojibake(text: str) -> list[Finding]:
+def mojibake(text: str, spans: list[tuple[int, int]] = ()) -> list[Finding]:
+    """UTF-8 read in the wrong codec, outside what the text sets apart as a sample (in code,
+    inline code or quotes: an answer about encodings shows mojibake on purpose)."""
+    def sample(m: re.Match) -> bool:
+        return any(a <= m.start() and m.end() <= b for a, b in spans) or _quoted(text, m.start(), m.end())
+
     for m in MOJIBAKE.finditer(text):
+        if sample(m):
+            continue
         try:
             fixed = _utf8_sequences(m.group(0).encode("cp1252"))
         except UnicodeError:
             continue
         if fixed:
             return [Finding("mojibake", f"{m.group(0)!r} is UTF-8 read as Windows-1252 ({fixed!r})")]
-    m = UNINITIALISED.search(text)
+    m = next((m for m in UNINITIALISED.finditer(text) if not sample(m)), None)
     if m:
         return [Finding("mojibake", f"{m.group(0)!r}: U+FFFD's bytes, or uninitialised memory, read as GBK")]
     for m in GBK_RUN.finditer(text):
-        fixed = _gbk_mojibake(m.group(0))
+        fixed = None if sample(m) else _gbk_mojibake(m.group(0))
         if fixed:
             return [Finding("mojibake", f"{m.group(0)[:12]!r} is UTF-8 read as GBK ({fixed[:8]!r})")]
     return []
