@@ -27,7 +27,8 @@ relative, quantifier, auxiliary or possessive) or a Chinese connective or auxili
 that is one long sentence (twelve English words, or sixteen CJK characters with a clause mark)
 must close with terminal punctuation. Lines are consistent with their siblings: a last list item
 of some length (five words, eight CJK characters) whose earlier sibling items all end with
-terminal punctuation must too, and a last line continuing a line that ended on a comma must close.
+terminal punctuation must too, a last line continuing a line that ended on a comma must close, and so must a last sentence of
+some length (six words, ten CJK characters) after closed sentences in its paragraph.
 Verse and lists without punctuation, headings and tables are exempt.
 """
 
@@ -184,8 +185,10 @@ def mid_sentence(layout: Layout, why: str = "") -> list[Finding]:
     earlier_closed = all(line.rstrip("*_ ")[-1:] in ".!?。！？:：" for line in lines[:-1])
     if not earlier_closed:
         return []         # verse: several lines without punctuation
-    sentence = re.split(r"(?<=[.!?。！？])\s*", last)[-1]
-    if len(re.findall(r"[A-Za-z']+", sentence)) >= 12 and re.search(r"[a-z]$", sentence) \
-            or sum(1 for ch in sentence if script_of(ch) in CJK) >= 16 and re.search("[，；、]", sentence):
+    *earlier, sentence = re.split(r"(?<=[.!?。！？])\s*", " ".join(lines))
+    words, cjk = _size(sentence)
+    if words >= 12 and re.search(r"[a-z]$", sentence) or cjk >= 16 and re.search("[，；、]", sentence):
         return found("last sentence never closes")
+    if any(e.strip() for e in earlier) and (words >= 6 and re.search(r"[a-z]$", sentence) or cjk >= 10):
+        return found("the last sentence never closes, unlike those before it")
     return []

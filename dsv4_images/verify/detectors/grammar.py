@@ -25,7 +25,7 @@ ENDLESS = re.compile(rf"(?<![\w'\"`‘’“”/-])(?:(?:{NOUN_INTRODUCERS})(?=[
                      rf"|(?:and|or|nor)(?=[.!?](?:\s|$)))", re.M)
 DOUBLED = re.compile(r"(?<![\w'\"`‘’“”/-])(the|an|of|to|at|for|with|from|by|and|or|but|than|into|onto)"
                      r" \1(?![\w'\"`‘’“”/-])", re.I)
-ZH_GOVERNING = re.compile(r"(?<=[\u4e00-\u9fff])(?:对于|以及|导致|使得|由于|按照|除了)(?=[，。；：！？])")
+ZH_GOVERNING = re.compile(r"(?:对于|以及|导致|使得|由于|按照|除了)(?=[，。；：！？])")
 EMPTY_PAIR = re.compile(r"“”|「」|『』|《》|（）|【】")
 
 

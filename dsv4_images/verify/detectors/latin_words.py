@@ -62,7 +62,7 @@ def _stray(prose: str, start: int, end: int, word: str, host: set[str]) -> bool:
 def latin_prose_fragments(prose: str, host: set[str], named: set[str] = frozenset()) -> list[Finding]:
     """English prose, or a stray function word, in a paragraph of a non-Latin host. `named`: the
     scripts the prompt names ("英语里 the 和 a 有什么区别"): their words are the topic, not strays."""
-    if "latin" in host:
+    if "latin" in host or "latin" in named:
         return []
     findings = []
     for m in LATIN_PHRASE.finditer(prose):
@@ -73,8 +73,7 @@ def latin_prose_fragments(prose: str, host: set[str], named: set[str] = frozense
         content = [w for w in words if w.lower() not in FUNCTION_WORDS]
         if content and all(w[0].isupper() for w in content):
             continue      # Title Case or acronyms: a name or term ("Out of Memory")
-        single = len(words) == 1 and words[0].islower() and "latin" not in named \
-            and _stray(prose, m.start(), m.end(), words[0], host)
+        single = len(words) == 1 and words[0].islower() and _stray(prose, m.start(), m.end(), words[0], host)
         if not (single or strong and len(words) >= 2 or len(words) >= 3 and len(weak) >= 1 and len(lower) >= 3):
             continue
         p_left = prose.rfind("\n\n", 0, m.start()) + 1

@@ -11,7 +11,8 @@ characters and puts no spaces between words, so units are characters and clauses
 - Across units (sentences and clauses of prose, split at . ! ? 。！？，；、 and line breaks; lines
   of code; whole code blocks): a block of 1..12 consecutive units that recurs immediately: 6 copies of weight 2 or
   more (a list item or a line of code in a loop), 3 copies of weight 12 or more (a sentence loop),
-  or 2 copies of weight 40 or more (a sentence or a paragraph said twice).
+  or 2 copies of weight 40 or more holding a unit of weight 30 (a sentence or a paragraph said twice;
+  a stanza of short lines sung twice is a refrain).
 - Anywhere in the prose: the same sentence of weight 40 or more four times or more (a reasoning
   loop with variations in between), or the same paragraph of prose (weight 60 or more) twice: an
   answer never says a whole paragraph again word for word. Verse is exempt (a stanza of short lines
@@ -99,7 +100,8 @@ def _blocks(units: list[str], kind: str) -> Finding | None:
                 j += 1
             copies = (j - i) // p + 1
             w = sum(weight(u) for u in units[i:i + p])
-            if copies >= 6 and w >= 2 or copies >= 3 and w >= 12 or copies >= 2 and w >= 40:
+            sentence = max(weight(u) for u in units[i:i + p]) >= 30      # not verse lines or clauses alone
+            if copies >= 6 and w >= 2 or copies >= 3 and w >= 12 or copies >= 2 and w >= 40 and sentence:
                 shown = " ".join(units[i:i + p])[:60]
                 return Finding("repetition", f"{kind} block of {p} unit(s) repeated {copies} times: {shown!r}")
             i = j + 1

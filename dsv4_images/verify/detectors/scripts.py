@@ -77,7 +77,8 @@ LANGUAGE_NAMES = [
     (r"hindi|sanskrit|marathi|nepali|devanagari|印地语|梵语|梵文", {"devanagari"}),
     (r"armenian|亚美尼亚语", {"armenian"}), (r"georgian|格鲁吉亚语", {"georgian"}),
     (r"bengali|孟加拉语", {"bengali"}), (r"tamil|泰米尔语", {"tamil"}),
-    (r"english|latin|英语|英文|拉丁", {"latin"}), (r"translat\w*|翻译|译成", set()),
+    (r"english|latin|german|french|spanish|italian|portuguese|dutch|英语|英文|拉丁|德语|德文|法语|法文|西班牙语|"
+     r"意大利语|葡萄牙语|荷兰语", {"latin"}), (r"translat\w*|翻译|译成", set()),
 ]
 LANGUAGE_NAME = [(re.compile(rf"(?<![A-Za-z])(?:{p})(?![a-z])", re.I), s) for p, s in LANGUAGE_NAMES]
 OPENERS = "([{（【〔［｛<《〈「『\"'“‘«‹*_"
