@@ -25,7 +25,7 @@ Detectors find symptoms, not wrong answers: a fluent wrong answer is for the ans
 from __future__ import annotations
 
 from .detectors import Finding
-from .detectors import code, ending, grammar, latin_words, markdown, repetition, salad, scripts, tokens
+from .detectors import code, encoding, ending, grammar, latin_words, markdown, repetition, salad, scripts, tokens
 from .detectors.ending import STREAM_SYMPTOMS, UNKNOWN
 from .detectors.scripts import script_of, scripts_in
 
@@ -67,9 +67,9 @@ def detect(text: str, *, prompt: str = "", finish_reason: str | None | object = 
         findings += ending.mid_sentence(layout, why)
     findings += tokens.special_tokens(text, prose, prompt, reasoning_in_content)
     findings += tokens.bpe_markers(text, prose)
-    findings += tokens.replacement_chars(text, layout.spans, prompt)
+    findings += encoding.replacement_chars(text, layout.spans, prompt)
     findings += tokens.control_chars(text)
-    findings += tokens.mojibake(text, layout.spans)
+    findings += encoding.mojibake(text, layout.spans)
     host = scripts.host_scripts(lang, prompt, prose)
     invited = scripts.scripts_in(prompt) | scripts.named_scripts(prompt) | set(allowed_scripts or ())
     script_findings = scripts.foreign_letters(prose, host, invited) + latin_words.latin_prose_fragments(prose, host, scripts.named_scripts(prompt))

@@ -1,6 +1,7 @@
-"""The corruption detectors, measured on the tuning set (tests/fixtures/corruption/tuning.json, which
-they were tuned on; the held-out set is measured separately), and each detector's principle on
-cases that sit on either side of its line."""
+"""The corruption detectors, measured on the tuning inputs (evaluate.TUNING_INPUTS: tests/fixtures/corruption/
+tuning.json, written for the project, and heldout-v1.json, held-out v1, measured once at 76.8%/18.3% on 2026-11-30,
+then used for tuning; neither measures generalisation any more), and each detector's principle on cases that sit
+on either side of its line."""
 
 from pathlib import Path
 
@@ -11,19 +12,27 @@ from dsv4_images.verify import evaluate
 from dsv4_images.verify.corruption import SYMPTOMS, detect, rule_findings
 
 TUNING = Path(__file__).parent.parent / "fixtures" / "corruption" / "tuning.json"
-CLEAN_KINDS_REQUIRED = {"code", "latex", "table", "list", "json", "cjk-math", "html-css", "names"}
+HELDOUT_V1 = Path(__file__).parent.parent / "fixtures" / "corruption" / "heldout-v1.json"
+CLEAN_KINDS_REQUIRED = {"code", "latex", "table", "list", "json", "cjk-math", "html-css", "names", "emoji", "encodings"}
 
 
 def symptoms(text, **kw):
     return [f.symptom for f in detect(text, **kw)]
 
 
-def test_tuning_set_meets_the_target(report):
-    items = evaluate.load(TUNING)
-    result = evaluate.evaluate(items)
+def test_both_labelled_sets_are_tuning_inputs_with_their_roles_stated():
+    assert set(evaluate.TUNING_INPUTS) == {TUNING, HELDOUT_V1}
+    assert "measured once at 76.8%/18.3% on 2026-11-30, then used for tuning" in evaluate.TUNING_INPUTS[HELDOUT_V1]
+
+
+@pytest.mark.parametrize("path", [TUNING, HELDOUT_V1], ids=["tuning", "heldout-v1"])
+def test_tuning_inputs_meet_the_target(report, path):
+    result = evaluate.evaluate(evaluate.load(path))
     figures = result.as_dict()
-    report["corruption_tuning_set"] = {k: figures[k] for k in ("corrupted", "clean_flagged", "detection",
-                                                              "false_positive_rate", "misses", "false_positives")}
+    report[f"corruption_{path.stem.replace('-', '_')}_set"] = {
+        "role": evaluate.TUNING_INPUTS[path],
+        **{k: figures[k] for k in ("corrupted", "clean_flagged", "detection", "false_positive_rate", "misses",
+                                   "false_positives")}}
     print(evaluate.render(result))
     assert result.detection >= 0.90, figures["misses"]
     assert result.false_positive_rate <= 0.05, figures["false_positives"]

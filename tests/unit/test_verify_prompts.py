@@ -66,6 +66,9 @@ def test_format_checks():
     assert not answers.check({"bullets": 3}, "- a\n- b").passed
     assert answers.check({"json_keys": ["city"], "json_values": {"city": "tokyo"}}, 'Sure:\n```json\n{"city": "Tokyo"}\n```').passed
     assert not answers.check({"json_keys": ["city", "country"]}, '{"city": "Tokyo"}').passed
+    extra = '{"city": "Tokyo", "country": "Japan", "landmark": "Tokyo Tower"}'
+    assert not answers.check({"json_keys": ["city", "country"]}, extra).passed          # the keys asked for, no more
+    assert answers.check({"json_has_keys": ["city", "country"]}, extra).passed          # at least these
     assert answers.check({"max_words": 10}, "机器学习是方法").passed            # 7 CJK characters: 7 words
     assert not answers.check({"max_words": 5}, "机器学习是一种方法").passed
     assert answers.check({"regex": "<<[^<>]+>>"}, "<<Title>>\nline").passed
