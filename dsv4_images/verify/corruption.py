@@ -2,20 +2,27 @@
 
 Each detector states one principle in its module under `detectors/`; in short:
 
-- script-mixing (detectors/scripts.py): a letter of a script the answer's language does not use,
-  sitting where a word of that language should be (glued inside a word, or a foreign run inside a
-  sentence), unless the text sets it off as a name or term (brackets, quotes, a table cell, a label,
-  a sentence naming its language); one or two Greek letters are math symbols; Latin terms are at
-  home in any language, English *prose* inside a CJK sentence is not;
-- special-token, bpe-marker, control-char, replacement-char, mojibake, markup-fragment
-  (detectors/tokens.py): tokenizer pieces by their shapes across tokenizer families, bytes that
-  were not text, UTF-8 read in the wrong codec, HTML outside code when nobody asked for HTML;
+- script-mixing (detectors/scripts.py, latin_words.py): a letter of a script the answer's language
+  does not use, sitting where a word of that language should be, unless the text sets it off as a
+  name or term; one or two Greek letters are math symbols; Latin terms are at home in any language,
+  but English *prose*, or a lone function word of a Latin-script language ("the", "wieder"), inside
+  a CJK sentence is not;
+- special-token, bpe-marker, control-char, markup-fragment (detectors/tokens.py): tokenizer pieces
+  by their shapes across tokenizer families, think tags in an answer, Ġ/Ċ/▁ markers, characters
+  that are not text, HTML outside code when nobody asked for HTML;
+- replacement-char, mojibake (detectors/encoding.py): bytes not decoded as the UTF-8 they were,
+  on positive evidence only; samples the text sets apart in quotes or code are mentions;
 - token-salad (detectors/salad.py): dense tokens that have no word shape, brackets that close
-  nothing, function words in an order English does not have;
-- repetition (detectors/repetition.py): a unit repeated back to back, weighed by how much it says;
-- code-syntax (detectors/code.py): a fenced block that does not parse in its declared language;
+  nothing, function words in an order English does not have, Chinese words spaced apart in no order;
+- dropped-word (detectors/grammar.py): a word the grammar requires is missing ("raising an.");
+- repetition (detectors/repetition.py): a unit repeated back to back, weighed by how much it says,
+  or a whole paragraph said twice;
+- code-syntax (detectors/code.py, sql.py, shell.py): a fenced block that does not parse in its
+  declared language (SQL: what no dialect accepts; shell: `bash -n`);
 - empty, truncated-without-reason, stopped-mid-sentence (detectors/ending.py): no text, a finish
-  reason that explains nothing, a `stop` where no sentence or structure can end.
+  reason that explains nothing (None: the stream delivered none, a server failure listed in
+  `STREAM_SYMPTOMS`), an ending no sentence or structure can have when the model stopped, or when
+  the reason is `UNKNOWN` (not recorded) or a `length` stop whose limit no count explains.
 
 Code, inline code and math are judged only by the detectors meant for them (detectors/markdown.py).
 Detectors find symptoms, not wrong answers: a fluent wrong answer is for the answer checks

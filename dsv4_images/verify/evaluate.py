@@ -1,6 +1,6 @@
 """Measure the corruption detectors (and answer checks) on a labelled set of answers.
 
-    python -m dsv4_images.verify.evaluate FILE [--json OUT] [--show-clean]
+    python -m dsv4_images.verify.evaluate FILE [--json OUT] [--show-caught]
 
 FILE: {"items": [{"id", "lang", "prompt", "answer", "finish_reason", "label": "corrupted"|"clean",
 "kind", "why", optional "expected": {answer-check keys}, optional completion_tokens, max_tokens,

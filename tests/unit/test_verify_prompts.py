@@ -135,3 +135,10 @@ def test_judge_applies_every_threshold():
     assert failures[0] == "error rate 1/2 above 0%"
     assert failures[1] == "1 corrupted outputs: a (c=1)"
     assert failures[2] == "reasoning: MTP is not firing (no spec-decode drafts)"
+
+
+def test_every_reference_answer_reads_clean_to_the_corruption_detectors():
+    from dsv4_images.verify.corruption import detect
+    _, v2 = prompts.load("v2")
+    flagged = {p.id: [str(f) for f in detect(REFERENCE["answers"][p.id], prompt=p.prompt, lang=p.lang)] for p in v2}
+    assert {k: v for k, v in flagged.items() if v} == {}
