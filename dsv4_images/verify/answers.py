@@ -41,8 +41,8 @@ from . import sandbox
 from .detectors import markdown
 from .detectors.scripts import CJK, script_of, scripts_in
 
-KEYS = ("number", "rel_tol", "python", "json_keys", "json_has_keys", "json_values", "bullets", "max_words", "min_words", "max_chars", "regex",
-        "contains", "lowercase", "forbid", "ends_with", "min_count", "script")
+KEYS = ("number", "rel_tol", "python", "json_keys", "json_has_keys", "json_values", "bullets", "max_words", "min_words",
+        "max_chars", "regex", "contains", "lowercase", "forbid", "ends_with", "min_count", "script")
 NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+(?![\d.]))?%?")
 MARKER = re.compile(r"answer|result|total|答案|结果|共|=|:|：|\bis\b", re.I)
 BOXED = re.compile(r"\\boxed\{([^{}]*)\}")

@@ -79,7 +79,8 @@ def detect(text: str, *, prompt: str = "", finish_reason: str | None | object = 
     findings += encoding.mojibake(text, layout.spans)
     host = scripts.host_scripts(lang, prompt, prose)
     invited = scripts.scripts_in(prompt) | scripts.named_scripts(prompt) | set(allowed_scripts or ())
-    script_findings = scripts.foreign_letters(prose, host, invited) + latin_words.latin_prose_fragments(prose, host, scripts.named_scripts(prompt))
+    script_findings = scripts.foreign_letters(prose, host, invited) \
+        + latin_words.latin_prose_fragments(prose, host, scripts.named_scripts(prompt))
     findings += script_findings[:1]
     if allow_html is None or not allow_html:
         findings += tokens.markup(prose, prompt if allow_html is None else "")

@@ -66,7 +66,8 @@ def check(body: str) -> str | None:
             stack.pop()
         if kind == "punct" and text == "," and (nxt in ENDS or nxt in CLAUSES):
             return f"line {line}: a comma before {nxt or 'the end'!r}"
-        if (kind == "word" and text in NEEDS_MORE or kind == "op" and text in BINARY) and (nxt in ENDS or nxt in CLAUSES):
+        dangling = kind == "word" and text in NEEDS_MORE or kind == "op" and text in BINARY
+        if dangling and (nxt in ENDS or nxt in CLAUSES):
             if not (text == "AS" and nxt in (")", ",")):
                 return f"line {line}: {text} with nothing after it"
     if stack:
