@@ -11,7 +11,9 @@ is a dict of one or more of these keys (all must hold):
     rel_tol      with number: the relative tolerance (default 1e-6), for answers rounded by the prompt
     python       {"function": name, "asserts": [...]}: the answer's Python (its python-fenced blocks,
                  else the whole answer) defines `name` and passes every assert, run in verify.sandbox
-    json_keys    the answer holds a JSON object (fenced or bare) with at least these top-level keys
+    json_keys    the answer holds a JSON object (fenced or bare) with exactly these top-level keys (a
+                 prompt that names the keys asks for those; an extra key is a format fault)
+    json_has_keys  ... with at least these top-level keys (others may come along)
     json_values  ... whose values equal these (strings compared case-insensitively)
     bullets      exactly this many Markdown list items at the outermost level
     max_words    1..N words (a CJK character counts as one word, as word processors count them)
@@ -39,8 +41,8 @@ from . import sandbox
 from .detectors import markdown
 from .detectors.scripts import CJK, script_of, scripts_in
 
-KEYS = ("number", "rel_tol", "python", "json_keys", "json_values", "bullets", "max_words", "min_words", "max_chars", "regex",
-        "contains", "lowercase", "forbid", "ends_with", "min_count", "script")
+KEYS = ("number", "rel_tol", "python", "json_keys", "json_has_keys", "json_values", "bullets", "max_words", "min_words",
+        "max_chars", "regex", "contains", "lowercase", "forbid", "ends_with", "min_count", "script")
 NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+(?![\d.]))?%?")
 MARKER = re.compile(r"answer|result|total|答案|结果|共|=|:|：|\bis\b", re.I)
 BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
@@ -164,7 +166,7 @@ def validate(spec: dict) -> None:
         for key in ("bullets", "max_words", "min_words", "max_chars"):
             if key in spec and not isinstance(spec[key], int):
                 raise ValueError(f"{key} must be an integer")
-        for key in ("json_keys", "contains"):
+        for key in ("json_keys", "json_has_keys", "contains"):
             if key in spec and not (isinstance(spec[key], list) and all(isinstance(k, str) for k in spec[key])):
                 raise ValueError(f"{key} must be a list of strings")
         if "python" in spec and not (isinstance(spec["python"], dict) and isinstance(spec["python"].get("function"), str)):
@@ -187,13 +189,16 @@ def check(spec: dict, content: str) -> Verdict:
         verdict = _python(text, spec["python"])
         if not verdict.passed:
             return verdict
-    if "json_keys" in spec or "json_values" in spec:
+    if "json_keys" in spec or "json_has_keys" in spec or "json_values" in spec:
         obj = _json_object(text)
         if obj is None:
             return Verdict(False, "no JSON object")
-        missing = [k for k in spec.get("json_keys", []) if k not in obj]
+        missing = [k for k in spec.get("json_keys", []) + spec.get("json_has_keys", []) if k not in obj]
         if missing:
             return Verdict(False, f"JSON object lacks {missing}")
+        extra = [k for k in obj if "json_keys" in spec and k not in spec["json_keys"]]
+        if extra:
+            return Verdict(False, f"JSON object has keys nobody asked for: {extra}")
         for key, want in spec.get("json_values", {}).items():
             got = obj.get(key)
             same = str(got).casefold() == str(want).casefold() if isinstance(want, str) else got == want

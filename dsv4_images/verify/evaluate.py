@@ -1,13 +1,24 @@
 """Measure the corruption detectors (and answer checks) on a labelled set of answers.
 
-    python -m dsv4_images.verify.evaluate FILE [--json OUT] [--show-clean]
+    python -m dsv4_images.verify.evaluate FILE [--json OUT] [--show-caught]
 
 FILE: {"items": [{"id", "lang", "prompt", "answer", "finish_reason", "label": "corrupted"|"clean",
 "kind", "why", optional "expected": {answer-check keys}, optional completion_tokens, max_tokens,
-context_limited, max_model_len, prompt_tokens}]}. An item is flagged when a detector finds a
-symptom, or when it has `expected` and the answer check fails. Prints the detection rate on
-corrupted items, the false-positive rate on clean ones, both per kind, and every miss and false
-positive with its reason.
+context_limited, max_model_len, prompt_tokens, reasoning_in_content, finish_reason_missing}]}.
+An item is flagged when a detector finds a symptom, or when it has `expected` and the answer
+check fails. Prints the detection rate on corrupted items, the false-positive rate on clean ones,
+both per kind, and every miss and false positive with its reason.
+
+finish_reason in the file is what the server sent; null or absent means it was not recorded, and
+the text is judged with `corruption.UNKNOWN` (its ending as a stop's would be). An item that
+records a stream which ended without any finish reason says so with "finish_reason_missing": true
+(judged with finish_reason=None, as verify passes it).
+
+The labelled sets in tests/fixtures/corruption/ and their roles (TUNING_INPUTS): tuning.json was
+written for the project and the detectors were tuned on it; heldout-v1.json was written by a
+separate session blind to the code, measured once (2026-11-30: 63/82 corrupted detected, 76.8%;
+13/71 clean flagged, 18.3%), then used for tuning. Neither measures generalisation any more; only
+a set the detectors were never tuned on does.
 """
 
 from __future__ import annotations
@@ -19,13 +30,20 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import REPO_ROOT
 from ..errors import UserError
 from . import answers
-from .corruption import detect
+from .corruption import UNKNOWN, detect
 
 LABELS = ("corrupted", "clean")
 REQUIRED = ("id", "prompt", "answer", "label")
-PASSED_ON = ("completion_tokens", "max_tokens", "context_limited", "max_model_len", "prompt_tokens")
+PASSED_ON = ("completion_tokens", "max_tokens", "context_limited", "max_model_len", "prompt_tokens",
+             "reasoning_in_content")
+FIXTURES = REPO_ROOT / "tests" / "fixtures" / "corruption"
+TUNING_INPUTS = {
+    FIXTURES / "tuning.json": "tuning set, written for the project; the detectors were tuned on it",
+    FIXTURES / "heldout-v1.json": "held-out v1, measured once at 76.8%/18.3% on 2026-11-30, then used for tuning",
+}
 
 
 @dataclass
@@ -103,6 +121,11 @@ def load(path: Path) -> list[dict]:
             raise UserError(f"{where}: prompt and answer must be strings")
         if not all(isinstance(item.get(k), (str, type(None))) for k in ("lang", "finish_reason")):
             raise UserError(f"{where}: lang and finish_reason must be strings or null")
+        for key in ("context_limited", "reasoning_in_content", "finish_reason_missing"):
+            if not isinstance(item.get(key, False), (bool, type(None))):
+                raise UserError(f"{where}: {key} must be true, false or null")
+        if item.get("finish_reason_missing") and item.get("finish_reason") is not None:
+            raise UserError(f"{where}: finish_reason_missing contradicts finish_reason {item['finish_reason']!r}")
         for key in ("completion_tokens", "max_tokens", "max_model_len", "prompt_tokens"):
             if not isinstance(item.get(key, 0), (int, type(None))) or isinstance(item.get(key), bool):
                 raise UserError(f"{where}: {key} must be an integer")
@@ -116,8 +139,10 @@ def load(path: Path) -> list[dict]:
 
 def judge(item: dict) -> Judged:
     extra = {k: item[k] for k in PASSED_ON if item.get(k) is not None}
-    findings = detect(item["answer"], prompt=item["prompt"], finish_reason=item.get("finish_reason", "stop"),
-                      lang=item.get("lang"), **extra)
+    reason = item.get("finish_reason")
+    if reason is None:
+        reason = None if item.get("finish_reason_missing") else UNKNOWN
+    findings = detect(item["answer"], prompt=item["prompt"], finish_reason=reason, lang=item.get("lang"), **extra)
     verdict = answers.check(item["expected"], item["answer"]) if item.get("expected") else None
     return Judged(item, [str(f) for f in findings], None if verdict is None else verdict.detail)
 

@@ -86,9 +86,12 @@ def judge(result: client.Result, rule: bool, max_model_len: int | None = None,
             out.context_limited, limit = True, result.completion_tokens
         elif not known and result.completion_tokens < limit:
             out.length_unjudged, limit = True, None
+    # A length stop the context explains, or one that cannot be judged (no max_model_len stated: the
+    # `context` check says so), is not blamed on the text: the detectors do not judge its ending.
     out.findings = corruption.detect(result.text, prompt=result.request.prompt, finish_reason=result.finish_reason,
                                      completion_tokens=result.completion_tokens, max_tokens=limit,
-                                     allowed_scripts=allowed_scripts)
+                                     allowed_scripts=allowed_scripts,
+                                     context_limited=(out.context_limited or out.length_unjudged) or None)
     if rule:
         if result.prompt_last_token is None:
             out.rule_unjudged = True

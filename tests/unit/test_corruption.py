@@ -1,6 +1,7 @@
-"""The corruption detectors, measured on the tuning set (tests/fixtures/corruption/tuning.json, which
-they were tuned on; the held-out set is measured separately), and each detector's principle on
-cases that sit on either side of its line."""
+"""The corruption detectors, measured on the tuning inputs (evaluate.TUNING_INPUTS: tests/fixtures/corruption/
+tuning.json, written for the project, and heldout-v1.json, held-out v1, measured once at 76.8%/18.3% on 2026-11-30,
+then used for tuning; neither measures generalisation any more), and each detector's principle on cases that sit
+on either side of its line."""
 
 from pathlib import Path
 
@@ -11,19 +12,27 @@ from dsv4_images.verify import evaluate
 from dsv4_images.verify.corruption import SYMPTOMS, detect, rule_findings
 
 TUNING = Path(__file__).parent.parent / "fixtures" / "corruption" / "tuning.json"
-CLEAN_KINDS_REQUIRED = {"code", "latex", "table", "list", "json", "cjk-math", "html-css", "names"}
+HELDOUT_V1 = Path(__file__).parent.parent / "fixtures" / "corruption" / "heldout-v1.json"
+CLEAN_KINDS_REQUIRED = {"code", "latex", "table", "list", "json", "cjk-math", "html-css", "names", "emoji", "encodings"}
 
 
 def symptoms(text, **kw):
     return [f.symptom for f in detect(text, **kw)]
 
 
-def test_tuning_set_meets_the_target(report):
-    items = evaluate.load(TUNING)
-    result = evaluate.evaluate(items)
+def test_both_labelled_sets_are_tuning_inputs_with_their_roles_stated():
+    assert set(evaluate.TUNING_INPUTS) == {TUNING, HELDOUT_V1}
+    assert "measured once at 76.8%/18.3% on 2026-11-30, then used for tuning" in evaluate.TUNING_INPUTS[HELDOUT_V1]
+
+
+@pytest.mark.parametrize("path", [TUNING, HELDOUT_V1], ids=["tuning", "heldout-v1"])
+def test_tuning_inputs_meet_the_target(report, path):
+    result = evaluate.evaluate(evaluate.load(path))
     figures = result.as_dict()
-    report["corruption_tuning_set"] = {k: figures[k] for k in ("corrupted", "clean_flagged", "detection",
-                                                              "false_positive_rate", "misses", "false_positives")}
+    report[f"corruption_{path.stem.replace('-', '_')}_set"] = {
+        "role": evaluate.TUNING_INPUTS[path],
+        **{k: figures[k] for k in ("corrupted", "clean_flagged", "detection", "false_positive_rate", "misses",
+                                   "false_positives")}}
     print(evaluate.render(result))
     assert result.detection >= 0.90, figures["misses"]
     assert result.false_positive_rate <= 0.05, figures["false_positives"]
@@ -130,11 +139,17 @@ def test_special_tokens_quoted_in_the_prompt_are_not_leaks():
     assert detect("It marks the start: <｜begin▁of▁sentence｜>.", prompt=prompt) == []
 
 
-def test_think_tags_only_as_one_leading_block():
-    assert "special-token" not in symptoms("<think>\n2 + 2 = 4\n</think>\n\nThe answer is 4.", prompt="2+2?")
-    assert "special-token" not in symptoms("2 + 2 = 4, easy.\n</think>\n\nThe answer is 4.", prompt="2+2?")
-    assert "special-token" in symptoms("The answer is 4.<think> Let me check.</think> Yes, 4.", prompt="2+2?")
-    assert "special-token" in symptoms("<think>a</think> b </think> c.", prompt="2+2?")
+def test_think_tags_never_belong_in_the_answer_unless_the_server_sends_raw_reasoning():
+    leading = "<think>\n2 + 2 = 4\n</think>\n\nThe answer is 4."
+    closing = "2 + 2 = 4, easy.\n</think>\n\nThe answer is 4."
+    for text in (leading, closing, "The answer is 4.</think>"):
+        assert "special-token" in symptoms(text, prompt="2+2?")          # a reasoning parser split nothing
+    assert "special-token" not in symptoms(leading, prompt="2+2?", reasoning_in_content=True)
+    assert "special-token" not in symptoms(closing, prompt="2+2?", reasoning_in_content=True)
+    assert "special-token" in symptoms("The answer is 4.<think> Let me check.</think> Yes, 4.", prompt="2+2?",
+                                       reasoning_in_content=True)
+    assert "special-token" in symptoms("<think>a</think> b </think> c.", prompt="2+2?", reasoning_in_content=True)
+    assert "special-token" not in symptoms("Tags like `</think>` end the reasoning.", prompt="What is </think>?")
 
 
 def test_bpe_markers_but_not_maltese_or_sparklines():
@@ -256,7 +271,7 @@ def test_code_that_does_not_parse_in_its_declared_language(lang, body):
 @pytest.mark.parametrize("lang, body", [
     ("python", ">>> x = [1, 2]\n>>> for v in x:\n...     print(v)\n1\n2"), ("python", "%timeit f()\n!pip install numpy\nf()"),
     ("jsonc", '{"a": 1, // the answer\n "b": 2}'), ("json", '{"a": 1,\n ...\n}'),
-    ("rust", "fn f<'a>(x: &'a str) -> &'a str { x }"), ("bash", "if [ -f x ]; then echo (; fi"),
+    ("rust", "fn f<'a>(x: &'a str) -> &'a str { x }"), ("zsh", "if [ -f x ]; then echo (; fi"),
     ("swift", 'let s = """\nhe said "hi" (\n"""'),
 ])
 def test_code_that_parses_or_is_not_checked(lang, body):

@@ -66,6 +66,9 @@ def test_format_checks():
     assert not answers.check({"bullets": 3}, "- a\n- b").passed
     assert answers.check({"json_keys": ["city"], "json_values": {"city": "tokyo"}}, 'Sure:\n```json\n{"city": "Tokyo"}\n```').passed
     assert not answers.check({"json_keys": ["city", "country"]}, '{"city": "Tokyo"}').passed
+    extra = '{"city": "Tokyo", "country": "Japan", "landmark": "Tokyo Tower"}'
+    assert not answers.check({"json_keys": ["city", "country"]}, extra).passed          # the keys asked for, no more
+    assert answers.check({"json_has_keys": ["city", "country"]}, extra).passed          # at least these
     assert answers.check({"max_words": 10}, "机器学习是方法").passed            # 7 CJK characters: 7 words
     assert not answers.check({"max_words": 5}, "机器学习是一种方法").passed
     assert answers.check({"regex": "<<[^<>]+>>"}, "<<Title>>\nline").passed
@@ -132,3 +135,10 @@ def test_judge_applies_every_threshold():
     assert failures[0] == "error rate 1/2 above 0%"
     assert failures[1] == "1 corrupted outputs: a (c=1)"
     assert failures[2] == "reasoning: MTP is not firing (no spec-decode drafts)"
+
+
+def test_every_reference_answer_reads_clean_to_the_corruption_detectors():
+    from dsv4_images.verify.corruption import detect
+    _, v2 = prompts.load("v2")
+    flagged = {p.id: [str(f) for f in detect(REFERENCE["answers"][p.id], prompt=p.prompt, lang=p.lang)] for p in v2}
+    assert {k: v for k, v in flagged.items() if v} == {}

@@ -9,9 +9,11 @@ token inside it usually breaks its syntax. Checked, with the standard library un
 - toml: `tomllib`;  yaml (yml): `yaml.safe_load_all` when PyYAML is importable, else skipped;
 - xml: `xml.etree.ElementTree` on the block wrapped in one root (snippets have several);
 - brace languages (c, cpp, c++, cs, csharp, java, javascript, js, typescript, ts, go, kotlin,
-  swift, css, scss, rust): brackets balanced outside strings and comments.
+  swift, css, scss, rust): brackets balanced outside strings and comments;
+- sql: what no SQL dialect accepts (sql.py); sqlite, sqlite3: SQLite's own parser;
+- bash, sh, shell (and transcripts with `$ ` prompts): `bash -n` (shell.py; skipped without bash).
 
-Every other language (bash, sql, html, jsx, plain text, ...) is skipped, as is a block elided on
+Every other language (zsh, html, jsx, plain text, ...) is skipped, as is a block elided on
 purpose (a line that is only "..." or "…", or a placeholder comment). A block cut off by the end of
 the text is judged by `ending`, not here.
 """
@@ -24,7 +26,7 @@ import re
 import tomllib
 import xml.etree.ElementTree as ET
 
-from . import Finding
+from . import Finding, shell, sql
 from .markdown import CodeBlock
 
 BRACE_LANGS = {"c", "cpp", "c++", "cs", "csharp", "java", "javascript", "js", "typescript", "ts", "go", "kotlin",
@@ -171,6 +173,12 @@ def check_block(block: CodeBlock) -> str | None:
         return _xml(body)
     if lang in BRACE_LANGS:
         return _braces(body, lang)
+    if lang in ("sql", "mysql", "postgresql", "postgres", "psql", "plsql", "tsql", "pgsql"):
+        return sql.check(body)
+    if lang in ("sqlite", "sqlite3"):
+        return sql.check(body) or sql.check_sqlite(body)
+    if lang in shell.SHELLS:
+        return shell.check(body, lang)
     return None
 
 

@@ -11,9 +11,12 @@ characters and puts no spaces between words, so units are characters and clauses
 - Across units (sentences and clauses of prose, split at . ! ? 。！？，；、 and line breaks; lines
   of code; whole code blocks): a block of 1..12 consecutive units that recurs immediately: 6 copies of weight 2 or
   more (a list item or a line of code in a loop), 3 copies of weight 12 or more (a sentence loop),
-  or 2 copies of weight 40 or more (a sentence or a paragraph said twice).
+  or 2 copies of weight 40 or more holding a unit of weight 30 (a sentence or a paragraph said twice;
+  a stanza of short lines sung twice is a refrain).
 - Anywhere in the prose: the same sentence of weight 40 or more four times or more (a reasoning
-  loop with variations in between).
+  loop with variations in between), or the same paragraph of prose (weight 60 or more) twice: an
+  answer never says a whole paragraph again word for word. Verse is exempt (a stanza of short lines
+  may come back as a refrain), as are lists.
 
 - Filler: six or more blank lines in a row, or in prose one or two symbols (an emoji, "!") twelve
   times or more; Markdown's rule and separator characters (- = _ * ~ # . | + : /) and digits are
@@ -97,10 +100,27 @@ def _blocks(units: list[str], kind: str) -> Finding | None:
                 j += 1
             copies = (j - i) // p + 1
             w = sum(weight(u) for u in units[i:i + p])
-            if copies >= 6 and w >= 2 or copies >= 3 and w >= 12 or copies >= 2 and w >= 40:
+            sentence = max(weight(u) for u in units[i:i + p]) >= 30      # not verse lines or clauses alone
+            if copies >= 6 and w >= 2 or copies >= 3 and w >= 12 or copies >= 2 and w >= 40 and sentence:
                 shown = " ".join(units[i:i + p])[:60]
                 return Finding("repetition", f"{kind} block of {p} unit(s) repeated {copies} times: {shown!r}")
             i = j + 1
+    return None
+
+
+def _paragraph_twice(prose: str) -> Finding | None:
+    seen: set[str] = set()
+    for paragraph in re.split(r"\n[ \t]*\n", prose):
+        lines = [line for line in paragraph.splitlines() if line.strip()]
+        if not lines or any(LIST_MARKER.match(line) for line in lines) or len(lines) >= 2 and \
+                all(weight(line) < 50 for line in lines):
+            continue      # a list, or verse
+        key = " ".join(paragraph.split()).lower()
+        if weight(key) < 60:
+            continue
+        if key in seen:
+            return Finding("repetition", f"the paragraph {key[:60]!r} twice")
+        seen.add(key)
     return None
 
 
@@ -137,7 +157,7 @@ def repetition(text: str, prose: str, code_bodies: list[str]) -> list[Finding]:
     found = _inline(text) or _filler(text, prose)
     if not found:
         units = _units(prose)
-        found = _blocks(units, "prose") or _recurring(units)
+        found = _blocks(units, "prose") or _recurring(units) or _paragraph_twice(prose)
     for body in code_bodies:
         if found:
             break

@@ -142,3 +142,26 @@ def token_salad(prose: str) -> list[Finding]:
             return [Finding("token-salad", f"{stray} unmatched brackets in one paragraph of prose: "
                                            f"{' '.join(' '.join(lines).split())[:60]!r}")]
     return []
+
+
+PARTICLES = set("的了地呢吗着过被把是也在和就都不很又还得")
+HAN_WORD = re.compile(r"^[\u4e00-\u9fff]{1,4}$")
+
+
+def spaced_cjk_salad(prose: str) -> list[Finding]:
+    """Chinese writes no spaces between words. A sentence of six or more space-separated pieces,
+    most of them Han words, where particles that only ever attach to a neighbour (的 了 地 呢 被 ...)
+    stand alone at least twice and real words of two characters or more twice, is words emitted in no
+    order ("词汇量 也 高速公路 是 的 不 可以"). A list of keywords has no lone particles; a list of
+    the particles themselves has no words."""
+    for sentence in re.split(r"[。！？\n]", prose):
+        pieces = [p.strip(EDGE) for p in sentence.split()]
+        han = [p for p in pieces if HAN_WORD.match(p)]
+        if len(pieces) < 6 or len(han) * 3 < len(pieces) * 2:
+            continue
+        lone = [p for p in han if p in PARTICLES]
+        words = [p for p in han if len(p) >= 2]
+        if len(lone) >= 2 and len(words) >= 2:
+            return [Finding("token-salad", f"Chinese words spaced apart in no order, {len(lone)} lone particles: "
+                                           f"{' '.join(sentence.split())[:60]!r}")]
+    return []

@@ -21,143 +21,25 @@ language should be:
   three or more letters of a spaced host script ("σort").
 
 Latin is the one script every language uses for terms, names, units, variables and identifiers,
-so Latin tokens in a CJK or other non-Latin host are never foreign by themselves; Latin *prose*
-inside a host sentence is: a run of lowercase English words holding function words ("从数据中
-the patterns and 规律"), unless quoted, bracketed or labelled; a whole English paragraph is a
-choice of language, not a fragment. Limits: a single stray Latin letter inside Chinese cannot be
-told from a variable and is not flagged; a foreign word the text sets off is trusted.
+so Latin letters in a CJK or other non-Latin host are never foreign by themselves; Latin *words*
+that cannot be terms are judged in latin_words.py. Limits: a single stray Latin letter inside
+Chinese cannot be told from a variable and is not flagged; a foreign word the text sets off is
+trusted.
 """
 
 from __future__ import annotations
 
-import re
 import unicodedata
-from functools import lru_cache
 
 from . import Finding, excerpt
+from .languages import (CJK, LANG_SCRIPTS, LATIN_LANGS, UNSPACED, counts, host_scripts,  # noqa: F401  (re-exported)
+                        named_scripts, script_of, scripts_in)
 
-NAMED_SCRIPTS = {
-    "LATIN": "latin", "CYRILLIC": "cyrillic", "GREEK": "greek", "COPTIC": "coptic", "ARMENIAN": "armenian",
-    "GEORGIAN": "georgian", "HEBREW": "hebrew", "ARABIC": "arabic", "SYRIAC": "syriac", "THAANA": "thaana",
-    "DEVANAGARI": "devanagari", "BENGALI": "bengali", "GURMUKHI": "gurmukhi", "GUJARATI": "gujarati",
-    "ORIYA": "oriya", "TAMIL": "tamil", "TELUGU": "telugu", "KANNADA": "kannada", "MALAYALAM": "malayalam",
-    "SINHALA": "sinhala", "THAI": "thai", "LAO": "lao", "TIBETAN": "tibetan", "MYANMAR": "myanmar",
-    "KHMER": "khmer", "MONGOLIAN": "mongolian", "ETHIOPIC": "ethiopic", "CHEROKEE": "cherokee",
-    "HIRAGANA": "kana", "KATAKANA": "kana", "KATAKANA-HIRAGANA": "kana", "HANGUL": "hangul",
-    "BOPOMOFO": "bopomofo", "CJK": "han", "IDEOGRAPHIC": "han", "HENTAIGANA": "kana", "MASU": "han",
-    "VIETNAMESE": "han",
-}
-NO_SCRIPT = {"COMBINING", "VARIATION", "MODIFIER", "MATHEMATICAL", "DOUBLE-STRUCK", "SCRIPT", "BLACK-LETTER",
-             "SUPERSCRIPT", "SUBSCRIPT", "VERTICAL", "PLANCK", "TURNED", "FEMININE", "MASCULINE", "MICRO", "CARON",
-             "EULER", "OHM", "KELVIN", "ANGSTROM", "ALEF", "BET", "GIMEL", "DALET", "INFORMATION", "ROMAN",
-             "MUSICAL", "PHAISTOS", "VEDIC", "ESTIMATED", "NUMERO"}
-WIDTH_PREFIXES = ("FULLWIDTH ", "HALFWIDTH ")
-CJK = {"han", "kana", "hangul", "bopomofo"}
-UNSPACED = {"han", "kana", "bopomofo", "thai", "lao", "khmer", "myanmar", "tibetan"}
-LANG_SCRIPTS = {
-    "zh": {"han", "bopomofo"}, "ja": {"han", "kana"}, "ko": {"hangul", "han"}, "ru": {"cyrillic"},
-    "uk": {"cyrillic"}, "bg": {"cyrillic"}, "sr": {"cyrillic", "latin"}, "el": {"greek"}, "ar": {"arabic"},
-    "fa": {"arabic"}, "ur": {"arabic"}, "he": {"hebrew"}, "th": {"thai"}, "hi": {"devanagari"},
-    "mr": {"devanagari"}, "ne": {"devanagari"}, "bn": {"bengali"}, "ta": {"tamil"}, "ka": {"georgian"},
-    "hy": {"armenian"},
-}
-LATIN_LANGS = set("""en fr de es it pt nl sv no nb nn da fi is et lv lt pl cs sk sl hr bs hu ro sq tr az uz vi id ms
-tl sw ca eu gl ga cy mt la eo af""".split())
-# Names of languages and scripts, in English and Chinese: a prompt naming one invites its scripts,
-# an answer naming one in a sentence sets off that sentence's words of that script.
-LANGUAGE_NAMES = [
-    (r"chinese|mandarin|cantonese|hanzi|kanji|pinyin|中文|汉语|漢語|汉字|漢字|普通话|粤语|繁体|简体",
-     {"han", "bopomofo"}),
-    (r"japanese|hiragana|katakana|kana|日语|日文|日本語|日语|假名|平假名|片假名", {"han", "kana"}),
-    (r"korean|hangul|hangeul|韩语|韩文|朝鲜语|韓語|한국어", {"hangul", "han"}),
-    (r"russian|ukrainian|bulgarian|serbian|cyrillic|俄语|俄文|乌克兰语|西里尔", {"cyrillic"}),
-    (r"greek|希腊语|希腊文|希腊字母", {"greek"}),
-    (r"arabic|persian|farsi|urdu|阿拉伯语|阿拉伯文|波斯语", {"arabic"}),
-    (r"hebrew|yiddish|希伯来语|希伯来文", {"hebrew"}),
-    (r"thai|泰语|泰文", {"thai"}),
-    (r"hindi|sanskrit|marathi|nepali|devanagari|印地语|梵语|梵文", {"devanagari"}),
-    (r"armenian|亚美尼亚语", {"armenian"}), (r"georgian|格鲁吉亚语", {"georgian"}),
-    (r"bengali|孟加拉语", {"bengali"}), (r"tamil|泰米尔语", {"tamil"}),
-    (r"english|latin|英语|英文|拉丁", {"latin"}), (r"translat\w*|翻译|译成", set()),
-]
-LANGUAGE_NAME = [(re.compile(rf"(?<![A-Za-z])(?:{p})(?![a-z])", re.I), s) for p, s in LANGUAGE_NAMES]
 OPENERS = "([{（【〔［｛<《〈「『\"'“‘«‹*_"
 CLOSERS = ")]}）】〕］｝>》〉」』\"'”’»›*_"
 LABEL_MARKS = ":：—–-→|"
 JOINERS = " ·・'’-‐"
-# English function words that are not also common programming keywords or identifiers, and the
-# wider set used when several Latin words already read as a phrase.
-ENGLISH_ONLY = set("""the of are was were been being which their there these those would could should because
-although however therefore into onto about than then them they we our you your its has have had does did
-very also such both either neither whose whom""".split())
-FUNCTION_WORDS = ENGLISH_ONLY | set("a an and or but if so to in on at by for with from as is be it that this not no"
-                                    .split())
-
-
-@lru_cache(maxsize=4096)
-def script_of(ch: str) -> str | None:
-    """The script of a letter or script-specific mark, from the first word of its Unicode name
-    (lower case: "latin", "han", "kana", ...); None for digits, symbols, punctuation, the marks
-    all scripts share, and letters that belong to no script (MICRO SIGN, MATHEMATICAL ITALIC X)."""
-    category = unicodedata.category(ch)
-    if category[0] not in "LM":
-        return None
-    name = unicodedata.name(ch, "")
-    for prefix in WIDTH_PREFIXES:
-        if name.startswith(prefix):
-            name = name[len(prefix):]
-    first = name.split(" ", 1)[0]
-    if not first or first in NO_SCRIPT:
-        return None
-    return NAMED_SCRIPTS.get(first, first.lower())
-
-
-def scripts_in(text: str) -> set[str]:
-    return {s for s in map(script_of, text) if s}
-
-
-def counts(text: str) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for ch in text:
-        s = script_of(ch)
-        if s:
-            out[s] = out.get(s, 0) + 1
-    return out
-
-
-def host_scripts(lang: str | None, prompt: str, answer_prose: str) -> set[str]:
-    """The scripts of the answer's language (see the module docstring)."""
-    code = (lang or "").lower().replace("_", "-").split("-")[0]
-    if code in LANG_SCRIPTS:
-        return set(LANG_SCRIPTS[code])
-    if code in LATIN_LANGS:
-        return {"latin"}
-    for source in (prompt, answer_prose):
-        c = counts(source)
-        if not c:
-            continue
-        if c.get("kana", 0) >= 2:
-            return {"han", "kana"}
-        if c.get("hangul", 0) >= 2:
-            return {"hangul", "han"}
-        if c.get("han", 0) >= 2:
-            return {"han", "bopomofo"}
-        top = max(c, key=c.get)
-        if top != "latin" and c[top] >= 0.3 * sum(c.values()):
-            return {top}
-        return {"latin"}
-    return {"latin"}
-
-
-def named_scripts(text: str) -> set[str]:
-    out: set[str] = set()
-    for pattern, scripts in LANGUAGE_NAME:
-        if pattern.search(text):
-            out |= scripts
-    return out
-
-
-def _sentence_bounds(text: str, start: int, end: int) -> tuple[int, int]:
+def sentence_bounds(text: str, start: int, end: int) -> tuple[int, int]:
     left = max(text.rfind(c, 0, start) for c in ".!?。！？\n") + 1
     rights = [i for i in (text.find(c, end) for c in ".!?。！？\n") if i >= 0]
     return left, min(rights) if rights else len(text)
@@ -290,7 +172,7 @@ def foreign_letters(prose: str, host: set[str], invited: set[str]) -> list[Findi
             findings.append(Finding("script-mixing", f"{script} {run!r} glued to a {'/'.join(sorted(host))} word: "
                                                      f"{excerpt(prose, start, end)!r}"))
             continue
-        s_left, s_right = _sentence_bounds(prose, start, end)
+        s_left, s_right = sentence_bounds(prose, start, end)
         if script in named_scripts(prose[s_left:s_right]) \
                 or letters <= 60 and set_off(prose, start, end, short=letters <= 30):
             presented.add(script)
@@ -303,43 +185,3 @@ def foreign_letters(prose: str, host: set[str], invited: set[str]) -> list[Findi
             findings.append(Finding("script-mixing", f"{script} {prose[start:end]!r} in "
                                                      f"{'/'.join(sorted(host))} prose: {excerpt(prose, start, end)!r}"))
     return findings
-
-
-LATIN_PHRASE = re.compile(r"[A-Za-z][A-Za-z'’]*(?:[ ,]+[A-Za-z][A-Za-z'’]*)*")
-
-
-def latin_prose_fragments(prose: str, host: set[str]) -> list[Finding]:
-    """English prose in a paragraph of a non-Latin host (see the module docstring)."""
-    if "latin" in host:
-        return []
-    findings = []
-    for m in LATIN_PHRASE.finditer(prose):
-        words = re.findall(r"[A-Za-z'’]+", m.group(0))
-        lower = [w for w in words if w.islower()]
-        strong = [w for w in lower if w in ENGLISH_ONLY]
-        weak = [w for w in lower if w in FUNCTION_WORDS]
-        content = [w for w in words if w.lower() not in FUNCTION_WORDS]
-        if content and all(w[0].isupper() for w in content):
-            continue      # Title Case or acronyms: a name or term ("Out of Memory")
-        if not (strong and (len(words) >= 2 or _glued_both(prose, m.start(), m.end(), host))
-                or len(words) >= 3 and len(weak) >= 1 and len(lower) >= 3):
-            continue
-        p_left = prose.rfind("\n\n", 0, m.start()) + 1
-        p_right = prose.find("\n\n", m.end())
-        if not any(script_of(c) in host for c in prose[p_left:len(prose) if p_right < 0 else p_right]):
-            continue      # a paragraph of its own in English is a choice of language, not a fragment
-        before = prose[m.start() - 1] if m.start() else " "
-        after = prose[m.end()] if m.end() < len(prose) else " "
-        if before in "._/\\=#@<" or after in "._/\\(=[<>" \
-                or set_off(prose, m.start(), m.end(), short=len(words) <= 6):
-            continue      # a path, an identifier, a call; a quoted, bracketed or labelled term
-        where = excerpt(prose, m.start(), m.end())
-        findings.append(Finding("script-mixing", f"English words {m.group(0)!r} inside {'/'.join(sorted(host))} "
-                                                 f"prose: {where!r}"))
-    return findings
-
-
-def _glued_both(prose: str, start: int, end: int, host: set[str]) -> bool:
-    left = script_of(prose[start - 1]) if start else None
-    right = script_of(prose[end]) if end < len(prose) else None
-    return left in host and right in host

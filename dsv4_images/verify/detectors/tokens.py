@@ -1,4 +1,4 @@
-"""Pieces of the tokenizer or the byte stream that reached the text.
+"""Pieces of the tokenizer that reached the text, characters that are not text, and stray markup.
 
 Special and control tokens. A chat model's special tokens are never text: every common tokenizer
 family writes them in a shape ordinary prose does not use, so the shapes are the rule, not a list
@@ -7,25 +7,24 @@ of token names: DeepSeek `<｜...｜>` (fullwidth bars), ChatML / GPT / Llama 3 
 `<<SYS>>`, `[TOOL_CALLS]`, Gemma `<start_of_turn>`, SentencePiece `<s>`, `</s>`, `<unk>`, `<pad>`,
 T5 `<extra_id_N>`, BERT `[CLS]`, `[SEP]`, `[MASK]`, tool-call tags `<tool_call>`, and byte-fallback
 tokens `<0x0A>`; also a token cut in half (`<｜` or `｜>`, `<|im_end` without its bar). One counts,
-anywhere outside code, unless the prompt quotes it. Think tags are
-expected only as one leading block (`<think>...</think>` at the start, or a bare `</think>` when
-the template opened it); any other think tag is a leak.
+anywhere outside code, unless the prompt quotes it or quotes hold it alone (a token named, not
+emitted). Think tags: a server with a reasoning parser moves the reasoning out of the content, so
+no think tag belongs in an answer. Only when the caller says the server sends raw reasoning
+(`reasoning_in_content`) is one leading block expected (`<think>...</think>` at the start, or a
+lone `</think>` when the template opened it).
 
 Byte-level BPE markers. GPT-2-style tokenizers write a space as Ġ and a newline as Ċ; SentencePiece
 writes a space as ▁. They leak when decoding skips the byte mapping. Ġ and Ċ are also Maltese
 letters, so they count only where no Maltese word can put them: right after a letter or digit
-("helloĠworld"). ▁ counts when a letter follows it (a sparkline ▁▂▃ is followed by blocks).
+("helloĠworld"), or after punctuation ("ground.Ċ3.", "done.ĊNext"); a Maltese word starts after a
+space, a quote or its article's hyphen (il-Ġimgħa). ▁ counts when a letter follows it (a
+sparkline ▁▂▃ is followed by blocks).
 
 Control characters: C0/C1 controls other than tab and newlines, private-use code points,
 surrogates, noncharacters, and invisible format characters except the joiners that emoji and
 Indic or Persian spelling need (ZWJ, ZWNJ, the emoji tag characters) and the direction marks when
-the text holds a right-to-left script. U+FFFD (the replacement character) is its own symptom: bytes
-that were not valid UTF-8. Unassigned code points are not flagged: Python's Unicode tables may
-predate a new emoji.
-
-Mojibake: UTF-8 bytes decoded as Windows-1252 ("Ã©", "æœºå™¨") or as GBK ("锟斤拷"). A run
-counts when re-encoding it that way gives valid UTF-8 that differs from it: ordinary accented
-text never round-trips like that.
+the text holds a right-to-left script. Unassigned code points are not flagged: Python's Unicode
+tables may predate a new emoji. U+FFFD and mojibake: see encoding.py.
 
 Markup fragments: HTML elements (the tag names the HTML standard defines, written as a tag:
 `<div>`, `</span>`, `<a href="...">`, `<br/>`) and character references (`&nbsp;`, `&#39;`) in
@@ -39,7 +38,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from . import Finding, excerpt
+from . import Finding, excerpt, quoted
 from .scripts import script_of
 
 SPECIAL_TOKEN = re.compile(
@@ -52,13 +51,10 @@ SPECIAL_TOKEN = re.compile(
     r"|<0x[0-9A-Fa-f]{2}>"                                                                    # byte fallback
     r"|<｜|｜>|<\|(?:im_|end|eot|eom|start_|begin_|reserved|fim_|endof|system|user|assistant)\w*")  # cut-off halves
 THINK = re.compile(r"</?think>")
-BPE_MARKER = re.compile(r"(?<=[^\W_])[ĠĊ]|▁(?=[^\W\d_])")
+BPE_MARKER = re.compile(r"[ĠĊ]|▁(?=[^\W\d_])")
 ALLOWED_FORMAT = {0x200C, 0x200D} | set(range(0xE0020, 0xE0080))
 DIRECTION_MARKS = {0x200E, 0x200F, 0x061C, 0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069}
 RTL = {"hebrew", "arabic", "syriac", "thaana", "nko"}
-CP1252_EXTRA = "€‚ƒ„…†‡ˆ‰Š‹ŒŽ‘’“”•–—˜™š›œžŸ"
-MOJIBAKE = re.compile(rf"[\u00c2-\u00f4][\u00a0-\u00bf{CP1252_EXTRA}]{{1,3}}"
-                      rf"(?:[\u00c2-\u00f4][\u00a0-\u00bf{CP1252_EXTRA}]{{1,3}})*")
 HTML_ELEMENTS = set("""a abbr address area article aside audio b base bdi bdo blockquote body br button canvas
 caption cite code col colgroup data datalist dd del details dfn dialog div dl dt em embed fieldset figcaption
 figure footer form h1 h2 h3 h4 h5 h6 head header hgroup hr html i iframe img input ins kbd label legend li link
@@ -73,34 +69,45 @@ MARKUP_INVITED = re.compile(r"html|xml|svg|markup|\btags?\b|element|jsx|vue|reac
                             re.I)
 
 
-def special_tokens(text: str, prose: str, prompt: str) -> list[Finding]:
+def special_tokens(text: str, prose: str, prompt: str, reasoning_in_content: bool = False) -> list[Finding]:
     for m in SPECIAL_TOKEN.finditer(prose):
-        if m.group(0) not in prompt:
+        if m.group(0) not in prompt and not quoted(prose, m.start(), m.end()):
             return [Finding("special-token", f"leaked {m.group(0)!r}: {excerpt(text, m.start(), m.end())!r}")]
-    tags = [m for m in THINK.finditer(prose) if m.group(0) not in prompt]
+    tags = [m for m in THINK.finditer(prose) if m.group(0) not in prompt and not quoted(prose, m.start(), m.end())]
     if tags:
-        expected = [t.group(0) for t in tags] in (["<think>", "</think>"], ["</think>"])
-        leading = not re.search(r"\S", prose[:tags[0].start()]) or tags[0].group(0) == "</think>" and len(tags) == 1
-        if not (expected and leading):
-            return [Finding("special-token", f"think tag {tags[-1].group(0)!r} out of place: "
+        shape = [t.group(0) for t in tags]
+        leading = shape == ["</think>"] or shape == ["<think>", "</think>"] and not re.search(r"\S", prose[:tags[0].start()])
+        if not (reasoning_in_content and leading):
+            where = "" if reasoning_in_content else " (the answer's content holds no reasoning markup)"
+            return [Finding("special-token", f"think tag {tags[-1].group(0)!r} out of place{where}: "
                                              f"{excerpt(text, tags[-1].start(), tags[-1].end())!r}")]
     return []
 
 
 def bpe_markers(text: str, prose: str) -> list[Finding]:
     prose = SPECIAL_TOKEN.sub(lambda m: " " * len(m.group(0)), prose)     # DeepSeek's own tokens hold ▁
-    found = BPE_MARKER.findall(prose)
+    found = [m for m in BPE_MARKER.finditer(prose) if m.group(0) == "▁" or _outside_a_word(prose, m.start())]
     if found:
-        m = BPE_MARKER.search(prose)
+        m = found[0]
         return [Finding("bpe-marker", f"{len(found)} byte-level BPE markers, e.g. {excerpt(text, m.start(), m.end())!r}")]
     return []
 
 
+def _outside_a_word(prose: str, i: int) -> bool:
+    """Ġ or Ċ where no Maltese word can hold it: after a letter or digit ("helloĠworld"), or
+    after punctuation ("ground.Ċ3.", "done.ĊNext"); a letter named between spaces or quotes is a mention."""
+    before = prose[i - 1] if i else " "
+    after = prose[i + 1] if i + 1 < len(prose) else " "
+    if before.isalnum() or before in "ĠĊ":
+        return True
+    named = " \t\n\"'`‘’“”«»()[]"
+    if after.isalpha() or after in "ĠĊ":
+        return after in "ĠĊ" or before not in named + "-'’"      # a Maltese word starts after a space,
+                                                                # a quote, or its article's hyphen (il-Ġimgħa)
+    return not (before in named and after in named + ".,;:!?")
+
+
 def control_chars(text: str) -> list[Finding]:
-    findings = []
-    if "\ufffd" in text:
-        i = text.index("\ufffd")
-        findings.append(Finding("replacement-char", f"{text.count(chr(0xFFFD))} U+FFFD: {excerpt(text, i, i + 1)!r}"))
     rtl = any(script_of(c) in RTL for c in text)
     bad = []
     for i, ch in enumerate(text):
@@ -110,54 +117,9 @@ def control_chars(text: str) -> list[Finding]:
             bad.append(i)
     if bad:
         i = bad[0]
-        findings.append(Finding("control-char", f"{len(bad)} control, private-use or invisible characters, first "
-                                                f"U+{ord(text[i]):04X} {unicodedata.name(text[i], 'unnamed')}: "
-                                                f"{excerpt(text, i, i + 1)!r}"))
-    return findings
-
-
-def _utf8_sequences(run: str) -> str:
-    """The characters that whole UTF-8 sequences among the run's Windows-1252 bytes decode to
-    (a run cut short, or a byte 1252 cannot show, still leaves the rest readable)."""
-    try:
-        data = run.encode("cp1252")
-    except UnicodeError:
-        return ""
-    out, i = [], 0
-    while i < len(data):
-        b = data[i]
-        n = 2 if 0xC2 <= b <= 0xDF else 3 if 0xE0 <= b <= 0xEF else 4 if 0xF0 <= b <= 0xF4 else 0
-        chunk = data[i:i + n]
-        if n and len(chunk) == n and all(0x80 <= c <= 0xBF for c in chunk[1:]):
-            try:
-                out.append(chunk.decode("utf-8"))
-                i += n
-                continue
-            except UnicodeError:
-                pass
-        i += 1
-    return "".join(out)
-
-
-def _undoes(run: str, codec: str) -> str | None:
-    try:
-        fixed = run.encode(codec).decode("utf-8")
-    except UnicodeError:
-        return None
-    return fixed if fixed != run and any(ord(c) > 127 for c in fixed) else None
-
-
-def mojibake(text: str) -> list[Finding]:
-    for m in MOJIBAKE.finditer(text):
-        fixed = _utf8_sequences(m.group(0))
-        if fixed:
-            return [Finding("mojibake", f"{m.group(0)!r} is UTF-8 read as Windows-1252 ({fixed!r})")]
-    for m in re.finditer(r"[\u4e00-\u9fff]{2,}", text):
-        run = m.group(0)
-        for k in range(len(run) - 1):
-            fixed = _undoes(run[k:k + 3], "gbk") or _undoes(run[k:k + 2], "gbk")
-            if fixed and ("\ufffd" in fixed or any(unicodedata.category(c) in ("Co", "Cc", "Cn") for c in fixed)):
-                return [Finding("mojibake", f"{run[k:k + 3]!r} is UTF-8 read as GBK ({fixed!r})")]
+        return [Finding("control-char", f"{len(bad)} control, private-use or invisible characters, first "
+                                        f"U+{ord(text[i]):04X} {unicodedata.name(text[i], 'unnamed')}: "
+                                        f"{excerpt(text, i, i + 1)!r}")]
     return []
 
 
