@@ -33,6 +33,12 @@ PROMPTS = ["def fibonacci(n):", "The quick brown fox", "import os\nimport sys\n"
 MAX_TOKENS = 48
 
 
+def rule_checked(ph) -> bool:
+    """Every output was checked against the tiny model's rule: `rule_violations == 0` means something only then
+    (an output whose prompt token ids did not come back is not checked, and counts no violation)."""
+    return bool(ph.outcomes) and not any(o.rule_unjudged for o in ph.outcomes)
+
+
 def requests(temperature: float, kinds=("completion", "chat"), seed_base: int = 0) -> list[client.Request]:
     return [client.Request(f"{kind}-{i}", p, kind=kind, max_tokens=MAX_TOKENS, temperature=temperature,
                            seed=seed_base + i)
@@ -70,11 +76,15 @@ def test_image_carries_the_expected_labels(docker_client, cpu_image):
     assert labels["org.opencontainers.image.base.name"].startswith(("debian:bookworm-slim@sha256:", "dsv4-flash-base:"))
 
 
-def test_image_runs_as_non_root(docker_client, cpu_image):
+def test_image_runs_as_non_root_and_any_uid_in_group_0_can_write_its_caches(docker_client, cpu_image):
     config = docker_client.images.get(cpu_image[0]).attrs["Config"]
-    assert config["User"] == "2000:2000"
-    out = docker_client.containers.run(cpu_image[0], entrypoint=["id", "-u"], remove=True)
-    assert out.decode().strip() == "2000"
+    assert config["User"] == "2000:0"
+    out = docker_client.containers.run(cpu_image[0], entrypoint=["sh", "-c", "id -u; id -g"], remove=True)
+    assert out.decode().split() == ["2000", "0"]
+    # An arbitrary UID (as OpenShift assigns) in group 0 owns nothing in the image, yet may write its caches.
+    script = 'id -u && { mkdir -p "$HF_HOME/hub" && touch "$HOME/.cache/x" "$HF_HOME/hub/y"; } 2>&1 || echo unwritable'
+    out = docker_client.containers.run(cpu_image[0], entrypoint=["sh", "-c", script], user="123456:0", remove=True)
+    assert out.decode().split() == ["123456"]
 
 
 def test_stripped_checkpoint_is_refused_by_the_preflight(cpu_image, tmp_path):
@@ -105,7 +115,7 @@ def test_entrypoint_prints_the_command_and_passes_the_preflight(mtp_server):
 
 def test_mtp_fires_at_the_acceptance_the_model_is_built_for(mtp_server, report):
     ph = phase.measure(mtp_server.url, mtp_server.model, requests(0.0), concurrency=1, rule=True)
-    assert ph.errors == 0
+    assert ph.errors == 0 and rule_checked(ph)
     assert ph.spec.fired, ph.spec
     assert ph.spec.acceptance_rate >= MIN_ACCEPTANCE, ph.spec.as_dict()
     assert sorted(ph.spec.per_position_acceptance) == list(range(K))
@@ -120,7 +130,7 @@ def test_patched_outputs_are_not_corrupted(mtp_server, report, temperature, conc
     ph = phase.measure(mtp_server.url, mtp_server.model, requests(temperature, seed_base=100), concurrency, rule=True)
     report.setdefault("patched_rule_violations", {})[f"T={temperature} c={concurrency}"] = \
         f"{ph.rule_violations}/{ph.generated_tokens}"
-    assert ph.errors == 0
+    assert ph.errors == 0 and rule_checked(ph)
     assert ph.spec.fired
     assert ph.generated_tokens == len(ph.outcomes) * MAX_TOKENS
     assert ph.rule_violations == 0
@@ -141,9 +151,10 @@ def test_greedy_outputs_match_with_mtp_off(mtp_server, baseline_server, report):
     on = phase.measure(mtp_server.url, mtp_server.model, reqs, concurrency=1, rule=True)
     off = phase.measure(baseline_server.url, baseline_server.model, reqs, concurrency=1, rule=True)
     assert off.spec.drafts == 0 and on.spec.fired
+    assert on.errors == off.errors == 0 and len(on.outcomes) == len(off.outcomes) == len(reqs)
     mismatched = [a.result.request.id for a, b in zip(on.outcomes, off.outcomes) if a.result.token_ids != b.result.token_ids]
     assert mismatched == []
-    assert on.rule_violations == off.rule_violations == 0
+    assert rule_checked(on) and rule_checked(off) and on.rule_violations == off.rule_violations == 0
     report["tokens_per_s_c1"] = {"mtp_on": round(on.output_tokens_per_s, 1), "mtp_off": round(off.output_tokens_per_s, 1),
                                  "speedup": round(on.output_tokens_per_s / off.output_tokens_per_s, 2)}
 
@@ -159,7 +170,7 @@ def test_unpatched_image_corruption_is_detected_at_temperature(unpatched_server,
                        rule=True)
     report.setdefault("unpatched_rule_violations", {})[f"T={temperature} c={concurrency}"] = \
         f"{ph.rule_violations}/{ph.generated_tokens}"
-    assert ph.errors == 0
+    assert ph.errors == 0 and rule_checked(ph)
     if temperature == 0.0:
         assert ph.rule_violations == 0
     else:
@@ -246,12 +257,15 @@ def test_verify_a_gpu_image_with_the_card_thresholds(target, gpu_images, request
 
 # ---- stopping ---------------------------------------------------------------------------------
 
-def test_container_stops_within_30s_of_sigterm(mtp_server, report):
+def test_container_exits_on_sigterm_without_being_killed(mtp_server, report):
+    """SIGTERM reaches vLLM (the entrypoint execs it) and it exits within Docker's 30 s grace period: a SIGKILL
+    would leave exit code 137. The time it took is reported, not asserted."""
     container = mtp_server.docker
+    container.reload()
+    assert container.status == "running"
     started = time.monotonic()
     container.stop(timeout=30)  # SIGTERM, then SIGKILL after 30 s
-    elapsed = time.monotonic() - started
+    report["sigterm_to_exit_s"] = round(time.monotonic() - started, 1)
     container.reload()
-    report["sigterm_to_exit_s"] = round(elapsed, 1)
+    assert container.status == "exited" and not container.attrs["State"]["OOMKilled"]
     assert container.attrs["State"]["ExitCode"] != 137, "vLLM had to be killed"
-    assert elapsed < 30

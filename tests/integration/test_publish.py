@@ -103,10 +103,16 @@ def test_a_no_cache_rebuild_reproduces_the_pushed_image_bit_for_bit(pushed, dock
         pytest.fail(f"not reproducible: config {comparison['config_differences']}; layers {report['repro']['differences']}"[:3000])
 
 
-def test_a_registry_that_is_down_is_one_clear_error_after_bounded_retries(docker_client):
-    base = docker_client.images.list(name="dsv4-flash-base")[0]
+@pytest.fixture(scope="module")
+def small_image(docker_client):
+    """An image to push that is surely here: the cpu target's base (the pinned Debian digest where a registry
+    is reachable, as on GitHub's runners, else the dsv4-flash-base image bootstrapped from Debian's archive)."""
+    return docker_client.images.get(base.ensure_base(docker_client, TARGET, emit=lambda _: None))
+
+
+def test_a_registry_that_is_down_is_one_clear_error_after_bounded_retries(docker_client, small_image):
     ref = f"127.0.0.1:{free_port()}/dsv4-flash:down"
-    base.tag(ref)
+    small_image.tag(ref)
     lines: list[str] = []
     try:
         with pytest.raises(UserError) as exc:
@@ -118,12 +124,11 @@ def test_a_registry_that_is_down_is_one_clear_error_after_bounded_retries(docker
     assert len([line for line in lines if "retrying" in line]) == 2
 
 
-def test_a_registry_that_refuses_the_push_is_one_clear_error(docker_client, tmp_path):
+def test_a_registry_that_refuses_the_push_is_one_clear_error(docker_client, small_image, tmp_path):
     need(available(), "Debian's docker-registry is not installed (./dev setup installs it)")
-    base = docker_client.images.list(name="dsv4-flash-base")[0]
     with registry(tmp_path, read_only=True) as address:
         ref = f"{address}/dsv4-flash:refused"
-        base.tag(ref)
+        small_image.tag(ref)
         try:
             with pytest.raises(UserError) as exc:
                 publish.push(docker_client, ref, emit=lambda _: None, attempts=2)

@@ -1,9 +1,15 @@
-"""The BuildKit progress decoder, on hand-encoded protobuf StatusResponse messages."""
+"""The BuildKit progress decoder, on hand-encoded protobuf StatusResponse messages, and the build call on a
+stand-in for the Engine's /build stream (the integration tests build for real)."""
 
+import base64
 import io
 import tarfile
 
+import pytest
+from docker.errors import APIError
+
 from dsv4_images import buildkit
+from dsv4_images.errors import UserError
 
 
 def varint(n: int) -> bytes:
@@ -68,3 +74,69 @@ def test_the_build_context_is_deterministic(tmp_path):
     with tarfile.open(fileobj=io.BytesIO(first)) as tar:
         members = tar.getmembers()
     assert [(m.name, m.mode, m.mtime, m.uid) for m in members] == [("a.sh", 0o755, 1234, 0), ("b.txt", 0o644, 1234, 0)]
+    with pytest.raises(UserError, match="^build context: locks/cpu.txt is missing$"):
+        buildkit.context_tar(tmp_path, ["a.sh", "locks/cpu.txt"], mtime=1234)
+
+
+class FakeEngineAPI:
+    """docker-py's low-level calls that buildkit.build makes, answering with a recorded /build stream."""
+
+    def __init__(self, chunks, refuse: bool = False):
+        self.chunks, self.refuse, self.params = chunks, refuse, None
+
+    def _url(self, path):
+        return path
+
+    def _post(self, url, params, data, headers, stream, timeout):
+        if self.refuse:
+            raise APIError("500 Server Error", explanation="BuildKit is not enabled")
+        self.params = params
+        return object()
+
+    def _raise_for_status(self, response):
+        pass
+
+    def _stream_helper(self, response, decode):
+        yield from self.chunks
+
+
+def trace(*messages: bytes) -> dict:
+    return {"id": "moby.buildkit.trace", "aux": base64.b64encode(b"".join(messages)).decode()}
+
+
+def run_build(chunks, lines=None, refuse=False):
+    class Client:
+        api = FakeEngineAPI(chunks, refuse)
+    lines = [] if lines is None else lines
+    result = buildkit.build(Client, b"context", "Dockerfile.cpu", ["x:1"], {}, stage="image", network_host=True,
+                            no_cache=True, emit=lines.append)
+    return result, lines, Client.api.params
+
+
+def test_a_build_reports_its_image_and_how_many_steps_were_cached():
+    result, lines, params = run_build([
+        trace(vertex("sha256:a", "[image 1/2] FROM base", cached=True, started=(1,), completed=(1,)),
+              vertex("sha256:b", "[image 2/2] RUN make", started=(1,))),
+        trace(vertex("sha256:b", completed=(4,))),
+        {"id": "moby.image.id", "aux": {"ID": "sha256:" + "f" * 64}}])
+    assert (result.image_id, result.steps, result.cached_steps) == ("sha256:" + "f" * 64, 2, 1)
+    assert lines[-1] == "#2 DONE 3.0s"
+    assert (params["version"], params["target"], params["networkmode"], params["nocache"]) == ("2", "image", "host", "1")
+
+
+def test_a_failed_build_is_one_error_line_after_the_failed_steps_last_log_lines():
+    lines = []
+    with pytest.raises(UserError) as exc:
+        run_build([trace(vertex("sha256:c", "[x 3/4] RUN false", started=(1,)),
+                         log("sha256:c", "".join(f"line {i}\n" for i in range(1, 8))),
+                         vertex("sha256:c", error="process did not complete successfully: exit code: 1")),
+                   {"error": "failed to solve:\n  process did not complete successfully: exit code: 1"}], lines)
+    assert str(exc.value) == "build failed: failed to solve: process did not complete successfully: exit code: 1"
+    assert lines[-5:] == [f"  | [x 3/4] RUN false: line {i}" for i in range(3, 8)] and "  | [x 3/4] RUN false: line 2" not in lines
+
+
+def test_a_stream_that_ends_without_an_image_or_a_refused_build_is_an_error():
+    with pytest.raises(UserError, match="^build failed: no image produced$"):
+        run_build([trace(vertex("sha256:a", "[x 1/1] RUN true", started=(1,), completed=(2,)))])
+    with pytest.raises(UserError, match="^the Docker daemon refused the build: BuildKit is not enabled$"):
+        run_build([], refuse=True)

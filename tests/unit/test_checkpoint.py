@@ -51,6 +51,37 @@ def test_the_model_id_selects_its_profile_in_the_hugging_face_cache(tmp_path):
     assert f"profile {W4A16}" in found and found.endswith("all BF16/F32 in 1 shard header(s) read")
 
 
+def _cached(hub: Path, model: str, refs: dict[str, str]) -> Path:
+    """A Hugging Face cache repo under `hub` whose refs name snapshots (each a small V4 checkpoint)."""
+    repo = hub / ("models--" + model.replace("/", "--"))
+    for ref, snapshot in refs.items():
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / ref).write_text(snapshot)
+        v4_checkpoint(repo / "snapshots" / snapshot)
+    return repo
+
+
+def test_the_hugging_face_cache_is_found_where_huggingface_hub_puts_it(tmp_path):
+    """HF_HUB_CACHE, else $HF_HOME/hub, else $XDG_CACHE_HOME/huggingface/hub, else $HOME/.cache/huggingface/hub:
+    a cache at each place (its snapshot named after the variable), and the variables dropped one by one."""
+    env = {"HF_HUB_CACHE": str(tmp_path / "a"), "HF_HOME": str(tmp_path / "b"), "XDG_CACHE_HOME": str(tmp_path / "c"),
+           "HOME": str(tmp_path / "d")}
+    hubs = {"HF_HUB_CACHE": tmp_path / "a", "HF_HOME": tmp_path / "b" / "hub",
+            "XDG_CACHE_HOME": tmp_path / "c" / "huggingface" / "hub", "HOME": tmp_path / "d" / ".cache" / "huggingface" / "hub"}
+    repos = {key: _cached(hub, NVFP4, {"main": key}) for key, hub in hubs.items()}
+    for key in hubs:
+        assert ck.find_local_checkpoint(NVFP4, env) == (repos[key] / "snapshots" / key, "hf-cache"), key
+        del env[key]
+
+
+def test_model_revision_selects_the_snapshot_its_ref_names(tmp_path):
+    repo = _cached(tmp_path / "hub", NVFP4, {"main": "r1", "v2": "r2"})
+    assert ck.find_local_checkpoint(NVFP4, {"HF_HUB_CACHE": str(tmp_path / "hub")})[0] == repo / "snapshots" / "r1"
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "MODEL_REVISION": "v2"}
+    assert ck.find_local_checkpoint(NVFP4, env)[0] == repo / "snapshots" / "r2"
+    assert ck.find_local_checkpoint(NVFP4, {**env, "MODEL_REVISION": "v3"}) is None  # not cached: not local
+
+
 def test_the_cpu_tiny_model_passes_as_deepseek_v3(tmp_path):
     tinymodel.write_model(tmp_path / "tiny", seed=0)
     found = ck.check_mtp(str(tmp_path / "tiny"), {})
@@ -257,6 +288,16 @@ def test_a_shard_the_index_names_but_the_directory_lacks_is_refused(tmp_path):
     assert exc.file == index_of(root) and exc.reason == f"names 1 shard(s) missing from {root}: {MTP_SHARD}"
 
 
+def test_long_lists_in_a_refusal_are_cut(tmp_path):
+    shards = {f"model-0000{i}.safetensors": {f"layers.0.x{i}.weight": ("BF16", [2])} for i in range(1, 6)}
+    root = write_checkpoint(tmp_path / "x", {**shards, "mtp.safetensors": v4_mtp_stage()}, V4_CONFIG, write_shards=False)
+    write_shard(root / "mtp.safetensors", v4_mtp_stage())
+    assert refused(root).reason == (f"names 5 shard(s) missing from {root}: model-00001.safetensors, "
+                                    "model-00002.safetensors, model-00003.safetensors ...")
+    odd = {**v4_mtp_stage(), **{f"mtp.0.extra{i}.weight": ("BF16", [2]) for i in range(7)}}
+    assert "(extra0.*, extra1.*, extra2.*, extra3.*, extra4.* ...)" in refused(v4_checkpoint(tmp_path / "y", mtp=odd)).reason
+
+
 def test_a_partial_hugging_face_cache_snapshot_is_not_refused(tmp_path):
     repo = tmp_path / "hf" / "hub" / ("models--" + NVFP4.replace("/", "--"))
     (repo / "refs").mkdir(parents=True)
@@ -358,6 +399,13 @@ def test_a_remote_checkpoint_is_checked_from_its_index_and_the_mtp_shards_header
     hub = FakeHub(v4_checkpoint(tmp_path / "remote"))
     found = ck.check_mtp(NVFP4, {"HF_HOME": str(tmp_path / "none")}, hub=hub)
     assert found.endswith("all BF16/F32 in 1 shard header(s) read") and hub.header_reads == [MTP_SHARD]
+
+
+def test_hf_hub_offline_set_to_0_still_asks_the_hub(tmp_path):
+    hub = FakeHub(v4_checkpoint(tmp_path / "remote"))
+    for off in ("0", "", "false"):
+        assert ck.check_mtp(NVFP4, {"HF_HOME": str(tmp_path / "none"), "HF_HUB_OFFLINE": off}, hub=hub).endswith(
+            "all BF16/F32 in 1 shard header(s) read"), off
 
 
 def test_a_remote_quantized_mtp_block_is_refused_naming_the_remote_file(tmp_path):

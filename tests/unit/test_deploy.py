@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from dsv4_images import matrix, render, sources
+from dsv4_images.errors import UserError
 from dsv4_images.deploy import compose, facts, k8s, render_files
 from dsv4_images.in_image import runtime
 
@@ -95,6 +96,20 @@ def test_shm_is_memory_backed_and_the_cache_volume_sits_where_the_image_keeps_it
             assert path.startswith(f"{tmp_path}/.cache/"), key
     (pvc,) = kind(f"deploy/k8s/{target}/single-node/cache.yaml", "PersistentVolumeClaim")
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_a_hugging_face_cache_outside_the_cache_volume_is_refused():
+    """The deployments mount one volume at $HOME/.cache; an HF_HOME elsewhere would download 172 GB per pod."""
+    with pytest.raises(UserError, match=r"^targets.sm120: HF_HOME=/data/hf is not under /home/dsv4/.cache, the cache volume$"):
+        render_files(with_serve("sm120", env={"HF_HOME": "/data/hf"}))
+    render_files(with_serve("sm120", env={"HF_HOME": "/home/dsv4/.cache/hf"}))  # under it: fine
+
+
+@pytest.mark.parametrize("target", GPU_TARGETS)
+def test_a_rollout_asks_for_no_gpus_beyond_the_replicas(target):
+    dep = kind(f"deploy/k8s/{target}/single-node/server.yaml", "Deployment")[0]["spec"]["strategy"]
+    lws = kind(f"deploy/k8s/{target}/multi-node/server.yaml", "LeaderWorkerSet")[0]["spec"]["rolloutStrategy"]
+    assert dep["rollingUpdate"]["maxSurge"] == 0 and lws["rollingUpdateConfiguration"]["maxSurge"] == 0
 
 
 @pytest.mark.parametrize("target", GPU_TARGETS)

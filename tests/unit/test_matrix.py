@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from dsv4_images import matrix
+from dsv4_images import REPO_ROOT, matrix
 from dsv4_images.errors import UserError
 
 M = matrix.load()
@@ -65,10 +65,18 @@ def test_sm120_inherits_what_it_does_not_override():
     assert sm120.serve.model == sm100.serve.model
 
 
-def test_matrix_json_lists_every_target_once():
-    data = json.loads(M.as_json())
-    assert [e["target"] for e in data["include"]] == list(M.targets)
-    assert {e["dockerfile"] for e in data["include"]} == {f"Dockerfile.{t}" for t in M.targets}
+def test_matrix_json_is_what_the_workflow_reads():
+    """CI builds `file: matrix.dockerfile` for each entry of `--kind cuda --compact`, written to $GITHUB_OUTPUT
+    as one line; the GPU job runs on `matrix.verify_runner`."""
+    every = json.loads(M.as_json())["include"]
+    assert sorted(e["target"] for e in every) == ["cpu", "sm100", "sm120"]
+    for entry in every:
+        assert (REPO_ROOT / entry["dockerfile"]).is_file(), entry["dockerfile"]
+    compact = M.as_json(kind="cuda", compact=True)
+    assert "\n" not in compact and " " not in compact
+    cuda = json.loads(compact)["include"]
+    assert [(e["target"], e["verify_runner"]) for e in cuda] == [("sm100", "gpu-sm100"), ("sm120", "gpu-sm120")]
+    assert [e["target"] for e in json.loads(M.as_json(kind="cpu"))["include"]] == ["cpu"]
 
 
 def _broken(tmp_path: Path, old: str, new: str, count: int = 1) -> Path:
@@ -88,6 +96,11 @@ def _broken(tmp_path: Path, old: str, new: str, count: int = 1) -> Path:
     ('kind = "cuda"', 'kind = "rocm"', "targets.sm100.kind"),
     ('max_jobs = 16', 'max_jobz = 16', "targets.sm100.vllm.max_jobz"),
     ('extends = "sm100"', 'extends = "sm999"', "targets.sm120.extends"),
+    ("schema = 1", "schema = 2", "schema: expected 1, got 2"),
+    ('flashinfer = "0.7.2.post1"\n', "", "targets.sm100.toolchain.flashinfer: missing (required for kind = cuda)"),
+    ('ci = { build_runner = "ubuntu-24.04-16core", verify_runner = "gpu-sm100" }',
+     'ci = { build_runner = "ubuntu-24.04-16core" }', "targets.sm100.ci.verify_runner: missing"),
+    ("\nbootstrap = {", "\n# bootstrap = {", "targets.cpu.base.bootstrap: missing (the cpu target must be buildable"),
 ])
 def test_a_bad_entry_is_a_clear_error_naming_the_key(tmp_path, old, new, key):
     with pytest.raises(UserError) as exc:
@@ -102,6 +115,18 @@ def test_a_missing_patch_file_is_named(tmp_path):
         matrix.load(path)
 
 
+def test_a_target_extending_itself_through_another_is_a_cycle(tmp_path):
+    path = _broken(tmp_path, "[targets.sm100]\n", '[targets.sm100]\nextends = "sm120"\n')
+    with pytest.raises(UserError, match=r"^matrix.toml: targets.sm100.extends: cycle sm100 -> sm120 -> sm100$"):
+        matrix.load(path)
+
+
+def test_an_alias_claimed_by_two_targets_is_refused(tmp_path):
+    path = _broken(tmp_path, 'aliases = ["cpu", "x86_64", "x86-64"]', 'aliases = ["cpu", "x86_64", "SM_120"]')
+    with pytest.raises(UserError, match=r"targets.cpu.aliases: 'SM_120' is also an alias of sm120"):
+        matrix.load(path)
+
+
 def test_invalid_toml_is_one_line(tmp_path):
     path = tmp_path / "matrix.toml"
     path.write_text("schema = 1\n[project\n")
@@ -113,5 +138,8 @@ def test_owner_is_validated(monkeypatch):
     assert M.image_name("acme") == "ghcr.io/acme/dsv4-flash"
     monkeypatch.setenv("DSV4_OWNER", "team-x")
     assert M.image_name() == "ghcr.io/team-x/dsv4-flash"
+    assert M.image_name("acme") == "ghcr.io/acme/dsv4-flash"  # --owner beats $DSV4_OWNER
+    monkeypatch.delenv("DSV4_OWNER")
+    assert M.image_name() == "ghcr.io/dsv4-flash/dsv4-flash"  # the matrix's default_owner
     with pytest.raises(UserError, match="invalid owner"):
         M.image_name("Bad Owner")

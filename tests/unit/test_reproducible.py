@@ -123,3 +123,20 @@ def test_the_archive_for_docker_load_is_streamed_and_frees_each_layer_once_sent(
         assert tar.extractfile(names[0]).read() == config
     assert names == [f"{hashlib.sha256(config).hexdigest()}.json", "manifest.json", f"{digest.split(':')[1]}/layer.tar"]
     assert manifest == [{"Config": names[0], "RepoTags": ["example/x:1"], "Layers": [names[2], names[2]]}]
+
+
+def test_the_config_gets_the_epoch_everywhere_and_loses_the_build_container():
+    """What `docker save` gives for a fresh build: real times, the build container's id and config; after the
+    rewrite only the epoch and what the image itself declares remain."""
+    built = {"architecture": "amd64", "os": "linux", "created": "2026-07-01T02:24:11.123456789Z",
+             "container": "3f1c0ffee", "container_config": {"Cmd": ["/bin/sh"]}, "docker_version": "20.10.24",
+             "config": {"User": "2000:0", "Labels": {"io.dsv4-flash.target": "cpu"}},
+             "history": [{"created": "2026-01-01T00:00:00Z", "created_by": "debootstrap"},
+                         {"created": "2026-07-01T02:24:10Z", "created_by": "RUN pip install", "empty_layer": True}],
+             "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "1" * 64]}}
+    out = reproducible._normalize_config(built, ["sha256:" + "2" * 64], EPOCH)
+    assert out == {"architecture": "amd64", "os": "linux", "created": "2026-01-01T00:00:00Z",
+                   "config": {"User": "2000:0", "Labels": {"io.dsv4-flash.target": "cpu"}},
+                   "history": [{"created": "2026-01-01T00:00:00Z", "created_by": "debootstrap"},
+                               {"created": "2026-01-01T00:00:00Z", "created_by": "RUN pip install", "empty_layer": True}],
+                   "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "2" * 64]}}

