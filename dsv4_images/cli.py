@@ -17,7 +17,7 @@ import argparse
 import difflib
 import os
 import sys
-
+import urllib.parse
 from pathlib import Path
 
 from . import __version__, inputs, matrix, references
@@ -96,6 +96,19 @@ def _cache_dir(text: str) -> str:
     return text
 
 
+def _index_url(text: str) -> str:
+    """A package index (PEP 503 simple API) URL; credentials in it are fine (requests sends them)."""
+    try:
+        parts = urllib.parse.urlsplit(text) if text.isascii() and text.isprintable() and " " not in text else None
+        host = parts and parts.hostname
+    except ValueError:  # e.g. an unclosed [ of an IPv6 address
+        parts = host = None
+    if parts is None or parts.scheme not in ("http", "https") or not host:
+        raise ValueError(f"expected an http(s) URL of a simple package index, e.g. https://pypi.org/simple, "
+                         f"got {inputs.shown(text)}")
+    return text
+
+
 def _epoch(text: str) -> int:
     from . import provenance  # the one parser of SOURCE_DATE_EPOCH (its UserError names the variable)
     return provenance.parse_epoch(text)
@@ -107,7 +120,7 @@ ENVIRONMENT = {  # variable -> (the subcommands that read it, its check: a Value
     "SOURCE_DATE_EPOCH": (BUILDS, _epoch),
     "DSV4_OWNER": (BUILDS, _owner),
     "DSV4_CACHE": (DOWNLOADS, _cache_dir),
-    "DSV4_PYPI_SIMPLE_URL": (DOWNLOADS, inputs.http_url),
+    "DSV4_PYPI_SIMPLE_URL": (DOWNLOADS, _index_url),
     "DSV4_WHEEL_SERVER_PORT": (DOWNLOADS, inputs.port),
     "DSV4_PROJECT_ROOT": (None, _project_root),  # None: every subcommand
 }

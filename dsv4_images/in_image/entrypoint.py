@@ -433,8 +433,11 @@ def main(argv: list[str] | None = None, env: dict | None = None, defaults_path: 
         say(f"error: cannot prepare the container: {exc}")
         return EXIT_BAD_OVERRIDE
     sys.stderr.flush()
-    os.execvpe(command[0], command, {**env, **cache_env})
-    return 127  # not reached
+    try:
+        os.execvpe(command[0], command, {**env, **cache_env})
+    except OSError as exc:  # not this image (no vllm on PATH), or a broken one
+        say(f"error: cannot start {command[0]}: {exc.strerror or exc}")
+    return 127
 
 
 if __name__ == "__main__":

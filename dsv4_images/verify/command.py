@@ -14,7 +14,6 @@ import math
 import sys
 import time
 import traceback
-from pathlib import Path
 
 from .. import inputs, matrix
 from ..errors import UserError
