@@ -24,7 +24,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,13 +40,14 @@ HOSTILE = {
     "giant": "9" * 5000, "arabic-digits": "١٢", "fullwidth-digit": "８", "superscript": "²", "underscored": "1_0",
     "hex": "0x10", "padded": " 8 ", "fraction": "2.5", "shell": "; rm -rf / #", "substitution": "$(id)`id`",
     "redirect": "a|b&c>d<e", "quotes": "'\"", "unclosed": "--x 'a", "long": "x" * 5000, "junk": JUNK,
-    "non-ascii": "héllo", "emoji": "🙂", "traversal": "../../../dsv4-bad-input/../x", "root": "/",
+    "non-ascii": "héllo", "emoji": "🙂", "traversal": "../up/../x", "root": "/",
     "read-only-fs": "/sys/dsv4-bad-input/x.json", "proc": "/proc/dsv4-bad-input/x",
 }
 PATH_VALUES = ("directory", "under-a-file")            # made per test run in tmp_path
 
 
 def hostile(tmp: Path) -> dict[str, str]:
+    """HOSTILE, and paths made in `tmp` (the working directory is tmp/cwd, so relative ones stay in tmp)."""
     blocker = tmp / "a-file"
     blocker.write_text("")
     (tmp / "a-dir").mkdir(exist_ok=True)
@@ -97,7 +97,8 @@ def tripwires(monkeypatch, tmp_path):
     for module, name in ((locks, "write_locks"), (locks, "write_dev_lock"), (render, "write"),
                          (patches, "check_targets"), (repro, "main")):
         monkeypatch.setattr(module, name, trip(f"{module.__name__}.{name}"))
-    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
     return tmp_path
 
 
@@ -281,7 +282,7 @@ def run_entrypoint(argv: list[str], env: dict) -> tuple[object, str, str]:
 
 
 @pytest.fixture
-def no_exec(monkeypatch):
+def no_exec(monkeypatch, tmp_path_factory):
     """vLLM is not started (exec is the tripwire) and the Hub is not asked (the preflight then says
     "not checked", as it does wherever the Hub is out of reach)."""
     def trip(what):
@@ -294,7 +295,7 @@ def no_exec(monkeypatch):
     prepare, record = runtime.prepare_caches, runtime.record
 
     def inside_tmp(path: Path, what: str) -> None:
-        if not path.resolve().is_relative_to(Path(tempfile.gettempdir()).resolve()):
+        if not path.resolve().is_relative_to(tmp_path_factory.getbasetemp().resolve()):
             raise Tripwire(f"{what} outside the test's directories: {path}")
 
     def guarded_prepare(env, build_id):
@@ -315,7 +316,8 @@ def test_the_healthy_image_environment_reaches_vllm(image_files, no_exec):
 
 
 def test_every_entrypoint_variable_with_hostile_values(image_files, no_exec, tmp_path, monkeypatch, report):
-    monkeypatch.chdir(tmp_path)  # relative values land here
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # relative values land in tmp_path
     values = hostile(tmp_path)
     variables = sorted(entrypoint_variables())
     started, tried, failures = time.monotonic(), 0, []
