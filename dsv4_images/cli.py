@@ -6,6 +6,9 @@
 
 Every expected failure is one line on stderr (`error: ...`) and a non-zero exit, never a traceback;
 so are argument errors (exit 2) and an unknown subcommand (named, with the closest valid one).
+Every flag and every environment variable a subcommand reads (ENVIRONMENT) is checked before the
+subcommand touches the Docker daemon or the network; flags a combination would ignore are refused.
+A closed stdout (`| head -1`, `>&-`) is not an error: the command finishes with its own exit code.
 """
 
 from __future__ import annotations
@@ -14,15 +17,34 @@ import argparse
 import difflib
 import os
 import sys
+import urllib.parse
+from pathlib import Path
 
-from . import __version__, matrix
+from . import __version__, inputs, matrix, references
 from .errors import UserError
 
 PROG = "dsv4-images"
+_stdout = {"gone": False}
+
+
+def _silence_stdout() -> None:
+    """Nobody reads stdout any more: point it at /dev/null (so the interpreter's flush at exit is quiet too)."""
+    _stdout["gone"] = True
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (tests), or no stdout at all
+        pass
 
 
 def _say(line: str) -> None:
-    print(line, flush=True)
+    if _stdout["gone"] or sys.stdout is None:
+        return
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        _silence_stdout()
+    except OSError as exc:  # e.g. > /dev/full: what the command says is lost, so it stops
+        raise UserError(f"cannot write to standard output: {exc.strerror or exc}") from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,11 +56,89 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {where}{message} (see `{self.prog} --help`)\n")
 
 
+# ---- what the subcommands read -------------------------------------------------------------------
+
+def _matrix() -> matrix.Matrix:
+    """The one place this module loads matrix.toml: a file that is a directory or not UTF-8 is one line too."""
+    path = matrix.MATRIX_PATH
+    try:
+        path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        pass  # matrix.load says so
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = f"not UTF-8 ({exc.reason} at byte {exc.start})" if isinstance(exc, UnicodeDecodeError) \
+            else f"cannot be read ({exc.strerror or exc})"
+        raise UserError(f"{path}: {reason}") from None
+    return matrix.load()
+
+
+def _owner(text: str) -> str:
+    if not matrix.OWNER.fullmatch(text):
+        raise ValueError(f"expected lowercase letters, digits, '.', '_' or '-' (starting with a letter or digit), "
+                         f"got {inputs.shown(text)}")
+    return text
+
+
+def _project_root(text: str) -> str:
+    try:
+        found = bool(text) and (Path(text) / "matrix.toml").is_file()
+    except OSError:  # a name too long for the file system
+        found = False
+    if not found:
+        raise ValueError(f"expected the directory of a dsv4-flash checkout (with matrix.toml), got {inputs.shown(text)}")
+    return text
+
+
+def _cache_dir(text: str) -> str:
+    if not text.strip() or text != text.strip():
+        raise ValueError(f"expected a directory path without surrounding spaces, got {inputs.shown(text)}")
+    inputs.writable_file(str(Path(text) / ".dsv4-cache-write-test"))  # the cache itself, or where it can be made
+    return text
+
+
+def _index_url(text: str) -> str:
+    """A package index (PEP 503 simple API) URL; credentials in it are fine (requests sends them)."""
+    try:
+        parts = urllib.parse.urlsplit(text) if text.isascii() and text.isprintable() and " " not in text else None
+        host = parts and parts.hostname
+    except ValueError:  # e.g. an unclosed [ of an IPv6 address
+        parts = host = None
+    if parts is None or parts.scheme not in ("http", "https") or not host:
+        raise ValueError(f"expected an http(s) URL of a simple package index, e.g. https://pypi.org/simple, "
+                         f"got {inputs.shown(text)}")
+    return text
+
+
+def _epoch(text: str) -> int:
+    from . import provenance  # the one parser of SOURCE_DATE_EPOCH (its UserError names the variable)
+    return provenance.parse_epoch(text)
+
+
+BUILDS = ("build", "demo", "repro")
+DOWNLOADS = ("build", "demo", "repro", "patches")
+ENVIRONMENT = {  # variable -> (the subcommands that read it, its check: a ValueError or UserError says why not)
+    "SOURCE_DATE_EPOCH": (BUILDS, _epoch),
+    "DSV4_OWNER": (BUILDS, _owner),
+    "DSV4_CACHE": (DOWNLOADS, _cache_dir),
+    "DSV4_PYPI_SIMPLE_URL": (DOWNLOADS, _index_url),
+    "DSV4_WHEEL_SERVER_PORT": (DOWNLOADS, inputs.port),
+    "DSV4_PROJECT_ROOT": (None, _project_root),  # None: every subcommand
+}
+
+
+def check_environment(command: str, env=os.environ) -> None:
+    for name, (commands, check) in ENVIRONMENT.items():
+        if name in env and (commands is None or command in commands):
+            inputs.value(check, name, env[name])
+
+
 # ---- the subcommands ------------------------------------------------------------------------------
 
 def cmd_build(args) -> int:
     from . import builder, docker_client, plan, provenance
-    m = matrix.load()
+    if args.json and not args.dry_run:
+        raise UserError("build: --json prints the plan and needs --dry-run", exit_code=2)
+    m = _matrix()
     build = plan.make(m, m.resolve(args.arch), provenance.current(), image=args.image, owner=args.owner,
                       tags=args.tag, push=args.push, no_cache=args.no_cache, unpatched=args.unpatched,
                       reproducible=args.reproducible or None)
@@ -59,7 +159,7 @@ def _report_check(problems: list[str], fix: str, ok: str) -> int:
 
 def cmd_render(args) -> int:
     from . import render
-    m = matrix.load()
+    m = _matrix()
     if args.check:
         drifted = render.check(m)
         return _report_check([f"{rel} differs from what templates/ and matrix.toml produce" for rel in drifted],
@@ -70,18 +170,25 @@ def cmd_render(args) -> int:
 
 
 def cmd_matrix(args) -> int:
-    m = matrix.load()
+    if args.compact and not args.json:
+        raise UserError("matrix: --compact shapes the JSON and needs --json", exit_code=2)
+    m = _matrix()
     if args.json:
         _say(m.as_json(kind=args.kind, compact=args.compact))
     else:
         for t in m.targets.values():
-            _say(f"{t.name:6} {t.description}  [{', '.join(t.aliases)}]")
+            if not args.kind or t.kind == args.kind:
+                _say(f"{t.name:6} {t.description}  [{', '.join(t.aliases)}]")
     return 0
 
 
 def cmd_lock(args) -> int:
     from . import locks
-    m = matrix.load()
+    if args.dev and (args.arch or args.check):
+        raise UserError("lock: --dev locks requirements/dev.txt only; it takes neither --arch nor --check", exit_code=2)
+    if args.check and args.arch:
+        raise UserError("lock: --check checks every target's locks; it takes no --arch", exit_code=2)
+    m = _matrix()
     if args.check:
         return _report_check([f"{rel} is stale with respect to matrix.toml" for rel in locks.stale(m)],
                              "python build.py lock", "lock --check: every lock matches matrix.toml")
@@ -96,14 +203,14 @@ def cmd_lock(args) -> int:
 
 def cmd_base(args) -> int:
     from . import base, docker_client
-    target = matrix.load().resolve(args.arch)
+    target = _matrix().resolve(args.arch)
     _say(f"base for {target.name}: {base.ensure_base(docker_client.connect(), target, _say, force_bootstrap=args.force)}")
     return 0
 
 
 def cmd_patches(args) -> int:
     from . import patches
-    m = matrix.load()
+    m = _matrix()
     targets = [m.resolve(args.arch)] if args.arch else list(m.targets.values())
     for line in patches.check_targets(targets, progress=_say):
         _say(line)
@@ -112,33 +219,56 @@ def cmd_patches(args) -> int:
 
 def cmd_demo(args) -> int:
     from . import demo
-    return demo.main(args, emit=_say)
+    return demo.main(args, emit=_say, m=_matrix())
 
 
 def cmd_verify(args) -> int:
     from .verify import command
-    return command.main(args, emit=_say)
+    return command.main(args, emit=_say, m=_matrix())
 
 
 def cmd_repro(args) -> int:
     from . import repro
-    m = matrix.load()
+    m = _matrix()
     return repro.main(m, m.resolve(args.arch), emit=_say)
 
 
 def cmd_resolve_digests(args) -> int:
     from . import digests
-    return digests.main(matrix.load(), emit=_say)
+    return digests.main(_matrix(), emit=_say)
 
 
 # ---- the parser ---------------------------------------------------------------------------------
 
+ARCH = inputs.flag(inputs.word)
+
+
+def _repository(text: str) -> str:
+    if ":" in text.rpartition("/")[2] or "@" in text:
+        raise ValueError(f"expected a repository without a tag or digest (tags come from --tag), got {inputs.shown(text)}")
+    problem = references.tag_target_problem(text)
+    if problem:
+        raise ValueError(f"{inputs.shown(text)} is not an image name Docker accepts: {problem}")
+    return text
+
+
+def _tag(text: str) -> str:
+    """A tag (appended to the image) or, with a '/' or ':', a whole reference."""
+    whole = "/" in text or ":" in text
+    problem = references.tag_target_problem(text) if whole else \
+        (None if references.TAG.fullmatch(text) else "1-128 of A-Z a-z 0-9 _ . - (not starting with . or -)")
+    if problem:
+        raise ValueError(f"{inputs.shown(text)} is not a {'reference' if whole else 'tag'} Docker accepts: {problem}")
+    return text
+
+
 def _build_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arch", required=True, help="target or alias: sm_100a, sm_103a, sm_120, cpu, ...")
+    p.add_argument("--arch", required=True, type=ARCH, help="target or alias: sm_100a, sm_103a, sm_120, cpu, ...")
     p.add_argument("--push", action="store_true", help="push every tag after the build")
-    p.add_argument("--tag", action="append", help="tag (repeatable); replaces the default tags")
-    p.add_argument("--image", help="image repository (default ghcr.io/<owner>/dsv4-flash)")
-    p.add_argument("--owner", help="owner in the default image name (or $DSV4_OWNER)")
+    p.add_argument("--tag", action="append", type=inputs.flag(_tag),
+                   help="tag, or a whole reference with '/' or ':' (repeatable); replaces the default tags")
+    p.add_argument("--image", type=inputs.flag(_repository), help="image repository (default ghcr.io/<owner>/dsv4-flash)")
+    p.add_argument("--owner", type=inputs.flag(_owner), help="owner in the default image name (or $DSV4_OWNER)")
     p.add_argument("--dry-run", action="store_true", help="print the plan; needs no daemon")
     p.add_argument("--no-cache", action="store_true", help="build without the layer cache")
     p.add_argument("--unpatched", action="store_true", help="build without the target's patches (tests)")
@@ -159,25 +289,26 @@ SUBCOMMANDS = {  # name -> (help, arguments, handler)
                                         help="fail, naming the file, when a committed generated file drifts"),
                cmd_render),
     "lock": ("re-resolve the hash-locked requirements (uv) after a matrix change", lambda p: (
-        p.add_argument("--arch", help="one target only"),
+        p.add_argument("--arch", type=ARCH, help="one target only"),
         p.add_argument("--dev", action="store_true", help="lock requirements/dev.txt instead"),
         p.add_argument("--check", action="store_true", help="fail when a lock is stale")), cmd_lock),
     "patches": ("apply every target's patch series to the pinned vLLM source",
-                lambda p: p.add_argument("--arch", help="one target only"), cmd_patches),
+                lambda p: p.add_argument("--arch", type=ARCH, help="one target only"), cmd_patches),
     "base": ("make the cpu target's Debian base (pull by digest, else mmdebstrap)", lambda p: (
-        p.add_argument("--arch", default="cpu"),
+        p.add_argument("--arch", type=ARCH, default="cpu"),
         p.add_argument("--force", action="store_true", help="bootstrap even if the pinned base can be had")), cmd_base),
     "demo": ("build the cpu image, serve the tiny MTP model, print acceptance and corrupted-output counts", lambda p: (
         p.add_argument("--keep", action="store_true", help="leave the server running"),
-        p.add_argument("--port", type=int, default=8000)), cmd_demo),
+        p.add_argument("--port", type=inputs.flag(inputs.port), default=8000,
+                       help="host port on 127.0.0.1 for the server (1-65535, free; default 8000)")), cmd_demo),
     "verify": ("verify a running deployment: MTP fires, acceptance, no corrupted output", _verify_arguments,
                cmd_verify),
     "repro": ("build twice without the layer cache and compare bit for bit",
-              lambda p: p.add_argument("--arch", default="cpu"), cmd_repro),
+              lambda p: p.add_argument("--arch", type=ARCH, default="cpu"), cmd_repro),
     "matrix": ("list the targets, or the CI matrix as JSON", lambda p: (
         p.add_argument("--json", action="store_true", help="the CI matrix as JSON"),
         p.add_argument("--kind", choices=["cuda", "cpu"], help="only targets of this kind"),
-        p.add_argument("--compact", action="store_true", help="one line (for $GITHUB_OUTPUT)")), cmd_matrix),
+        p.add_argument("--compact", action="store_true", help="with --json: one line (for $GITHUB_OUTPUT)")), cmd_matrix),
     "resolve-digests": ("re-check the pinned base digests against the registry (where one is reachable)",
                         lambda p: None, cmd_resolve_digests),
 }
@@ -186,7 +317,7 @@ SUBCOMMANDS = {  # name -> (help, arguments, handler)
 def _versions() -> str:
     try:
         by_vllm: dict[str, list[str]] = {}
-        for t in matrix.load().targets.values():
+        for t in _matrix().targets.values():
             by_vllm.setdefault(f"{t.vllm.package or 'vllm'} {t.vllm.version}", []).append(t.name)
         pins = "; ".join(f"{v}: {', '.join(names)}" for v, names in by_vllm.items())
     except UserError as exc:
@@ -194,9 +325,20 @@ def _versions() -> str:
     return f"{PROG} {__version__} ({pins})"
 
 
+class _Version(argparse.Action):
+    """--version, with the vLLM pins read from the matrix only when it is asked for."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser._print_message(_versions() + "\n", sys.stdout)  # argparse's own version action prints there too
+        parser.exit(0)
+
+
 def parser(prog: str = PROG) -> argparse.ArgumentParser:
     top = _Parser(prog=prog, description="Build, publish and verify the dsv4-flash images (see README.md).")
-    top.add_argument("--version", action="version", version=_versions())
+    top.add_argument("--version", action=_Version, help="show the version and the vLLM pins, then exit")
     sub = top.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (help_text, arguments, handler) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -226,6 +368,7 @@ def _run(argv: list[str], prog: str) -> int:
         if not getattr(args, "func", None):
             top.print_help()
             return 2
+        check_environment(args.command)
         return args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -242,12 +385,13 @@ def _run(argv: list[str], prog: str) -> int:
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    _stdout["gone"] = False
     try:
         code = _run(list(sys.argv[1:] if argv is None else argv), prog)
-        sys.stdout.flush()
+        if sys.stdout is not None and not _stdout["gone"]:
+            sys.stdout.flush()
         return code
     except BrokenPipeError:
-        # `dsv4-images matrix --json | head -1`: the reader went away, which is not an error. Point stdout
-        # at /dev/null so the interpreter's own flush at exit does not complain either.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # `dsv4-images --help | head -1` (argparse's own output): the reader went away, which is not an error.
+        _silence_stdout()
         return 0

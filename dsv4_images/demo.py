@@ -7,7 +7,11 @@ its acceptance, and how many outputs were corrupted.
 
 from __future__ import annotations
 
+import errno
+import socket
+
 from . import builder, docker_client, matrix, plan, provenance, serving
+from .errors import UserError
 from .verify import client, phase
 
 PROMPTS = ["def fibonacci(n):", "Write a haiku about the sea.", "The capital of France is",
@@ -19,10 +23,22 @@ def demo_requests(temperature: float) -> list[client.Request]:
             for i, p in enumerate(PROMPTS) for kind in ("completion", "chat")]
 
 
-def main(args, emit=print) -> int:
-    m = matrix.load()
+def check_port_free(port: int) -> None:
+    """The server's host port, checked before the build: one line when something already listens there."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            hint = (f" (a demo left running with --keep? docker rm -f dsv4-flash-demo-{port}); choose another --port"
+                    if exc.errno == errno.EADDRINUSE else "")
+            raise UserError(f"demo: --port {port}: cannot listen on 127.0.0.1:{port}: {exc.strerror}{hint}") from None
+
+
+def main(args, emit=print, m: matrix.Matrix | None = None) -> int:
+    m = m or matrix.load()  # the one use of matrix.toml here (the command line passes the one it checked)
     target = m.resolve("cpu")
     p = plan.make(m, target, provenance.current())
+    check_port_free(args.port)
     builder.execute(docker_client.connect(), m, p, emit=emit)
     name = f"dsv4-flash-demo-{args.port}"
     c = serving.container(p.tags[0], host_port=("127.0.0.1", args.port)).with_name(name)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from . import references
+from .errors import UserError
 from .matrix import Matrix, Target
 from .provenance import Provenance
 
@@ -54,7 +56,8 @@ class BuildPlan:
 def make(matrix: Matrix, target: Target, provenance: Provenance, *, image: str | None = None, owner: str | None = None,
          tags: list[str] | None = None, push: bool = False, no_cache: bool = False, unpatched: bool = False,
          reproducible: bool | None = None) -> BuildPlan:
-    """The plan for `target`. Pushed images are always made reproducible."""
+    """The plan for `target`. Pushed images are always made reproducible. Every tag is one Docker
+    accepts (references.py), whatever the image name, owner or tags it was made from."""
     image = image or matrix.image_name(owner)
     suffix = "-unpatched" if unpatched else ""
     if tags:
@@ -72,6 +75,11 @@ def make(matrix: Matrix, target: Target, provenance: Provenance, *, image: str |
                    "org.opencontainers.image.version": build_args["IMAGE_VERSION"],
                    "org.opencontainers.image.source": build_args["SOURCE_URL"],
                    "io.dsv4-flash.patches.applied": build_args["APPLY_PATCHES"]})
+    for ref in refs:
+        problem = references.tag_target_problem(ref)
+        if problem:
+            source = "--tag" if tags else "the image name (--image, --owner, $DSV4_OWNER or matrix.toml's project.image)"
+            raise UserError(f"{ref[:80]!r} is not a tag Docker accepts ({problem}); check {source}")
     notes = ["the work tree has uncommitted changes: the revision label says -dirty"] if provenance.dirty else []
     return BuildPlan(target, provenance, build_args, refs, labels, push=push, no_cache=no_cache,
                      reproducible=push if reproducible is None else reproducible, notes=notes)

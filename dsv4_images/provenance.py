@@ -25,13 +25,16 @@ def _git(*args: str) -> str | None:
 
 
 def parse_epoch(value: str, name: str = "SOURCE_DATE_EPOCH") -> int:
-    text = value.strip()
-    if not text.isascii() or not text.isdigit():
-        raise UserError(f"{name}={value!r} is not a non-negative integer number of seconds")
-    epoch = int(text)
-    if epoch > MAX_EPOCH:
-        raise UserError(f"{name}={value!r} is beyond what an OCI timestamp holds (at most {MAX_EPOCH}, 9999-12-31)")
-    return epoch
+    """Seconds since 1970 as the reproducible-builds spec has them: ASCII digits only (no sign, spaces,
+    fraction or Unicode digits), and at most what an OCI `created` timestamp holds."""
+    if not value.isascii() or not value.isdigit():
+        raise UserError(f"{name}={value[:40]!r}{'...' if len(value) > 40 else ''} is not a non-negative integer "
+                        "number of seconds (ASCII digits only, no spaces or sign)")
+    digits = value.lstrip("0") or "0"
+    if len(digits) > len(str(MAX_EPOCH)) or int(digits) > MAX_EPOCH:
+        raise UserError(f"{name}={value[:40]!r}{'...' if len(value) > 40 else ''} is beyond what an OCI timestamp "
+                        f"holds (at most {MAX_EPOCH}, 9999-12-31)")
+    return int(digits)
 
 
 def rfc3339(epoch: int) -> str:
@@ -54,8 +57,11 @@ class Provenance:
 
 
 def current() -> Provenance:
-    """SOURCE_DATE_EPOCH from the environment, else the last commit's time, else 0; and the revision."""
-    value = os.environ.get("SOURCE_DATE_EPOCH") or _git("log", "-1", "--format=%ct") or "0"
+    """SOURCE_DATE_EPOCH from the environment (set means set: empty is refused), else the last commit's
+    time, else 0; and the revision."""
+    value = os.environ.get("SOURCE_DATE_EPOCH")
+    if value is None:
+        value = _git("log", "-1", "--format=%ct") or "0"
     epoch = parse_epoch(value)
     full = _git("rev-parse", "HEAD") or "unknown"
     short = full[:12] if full != "unknown" else "unknown"

@@ -12,6 +12,14 @@ Environment overrides: MODEL, SERVED_MODEL_NAME, TENSOR_PARALLEL_SIZE, NUM_SPECU
 KV_CACHE_DTYPE, VLLM_EXTRA_ARGS (shell-quoted), DSV4_SKIP_PREFLIGHT=1, DSV4_CHECKPOINT_PROFILE
 (a key of checkpoint.PROFILES: what the preflight expects of the checkpoint).
 
+Every variable read here is checked before anything else happens; a refused one is one line and
+exit 2. Set means set: an empty or space-padded value is refused (VLLM_EXTRA_ARGS alone may be
+empty: no extra arguments). Numbers are ASCII digits in the range INT_OVERRIDES states
+(NUM_SPECULATIVE_TOKENS 0-8, see MAX_K; PORT 1-65535); MODEL is a path (which must exist when
+serving) or a Hugging Face id; HOST an address or host name; switches 0/1; paths absolute. What
+only vLLM can judge (the names of its flags in VLLM_EXTRA_ARGS, a KV_CACHE_DTYPE a platform plugin
+adds) is left to it: it refuses them when it parses its arguments, before loading anything.
+
 Preflight, before vLLM starts: when MTP is requested the checkpoint must hold an MTP block its
 profile accepts (checkpoint.py: no stripped, DSpark, mis-numbered or unexpectedly quantized MTP
 block, no malformed index or header; refuses with exit 3 in one line), and on GPU targets a GPU
@@ -26,10 +34,13 @@ listed and answers a 1-token completion: what startup and readiness probes shoul
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +51,7 @@ except ImportError:
     import checkpoint
     import runtime
 
-DEFAULTS_PATH = Path(os.environ.get("DSV4_DEFAULTS", "/etc/dsv4-flash/serve.json"))
+DEFAULTS_PATH = Path("/etc/dsv4-flash/serve.json")  # or $DSV4_DEFAULTS
 EXIT_BAD_OVERRIDE = 2
 EXIT_PREFLIGHT = 3
 
@@ -51,29 +62,156 @@ class EntrypointError(Exception):
         self.exit_code = exit_code
 
 
-# ---- configuration -------------------------------------------------------------------------
+# ---- configuration: every variable read here, checked (one line and exit 2 when refused) ---------
 
-INT_OVERRIDES = {  # env var -> (serve key, minimum)
-    "TENSOR_PARALLEL_SIZE": ("tensor_parallel_size", 1),
-    "NUM_SPECULATIVE_TOKENS": ("num_speculative_tokens", 0),
-    "MAX_MODEL_LEN": ("max_model_len", 1),
-    "PORT": ("port", 1),
-    "MAX_NUM_SEQS": ("max_num_seqs", 1),
-    "MAX_NUM_BATCHED_TOKENS": ("max_num_batched_tokens", 1),
+INT32_MAX = 2**31 - 1
+INT_OVERRIDES = {  # env var -> (serve key, minimum, maximum)
+    "TENSOR_PARALLEL_SIZE": ("tensor_parallel_size", 1, 64),            # 8 nodes of 8 GPUs
+    "NUM_SPECULATIVE_TOKENS": ("num_speculative_tokens", 0, 8),         # 0: MTP off; see MAX_K below
+    "MAX_MODEL_LEN": ("max_model_len", 1, INT32_MAX),                   # vLLM indexes tokens with int32
+    "PORT": ("port", 1, 65535),
+    "MAX_NUM_SEQS": ("max_num_seqs", 1, 65536),                         # per-sequence state is allocated up front
+    "MAX_NUM_BATCHED_TOKENS": ("max_num_batched_tokens", 1, INT32_MAX),
 }
+# MAX_K: DeepSeek-V4 has one MTP layer, which vLLM applies k times in a row; acceptance of the k-th draft
+# falls with k (the model card's targets use 1 and 2), so k above 8 only costs compute and is refused
+# as a likely typo. What a target's checkpoint and kernels allow below that is vLLM's to say at start-up.
+MAX_K = INT_OVERRIDES["NUM_SPECULATIVE_TOKENS"][2]
 STR_OVERRIDES = {"MODEL": "model", "SERVED_MODEL_NAME": "served_model_name", "HOST": "host",
                  "KV_CACHE_DTYPE": "kv_cache_dtype"}
+_HF_NAME = r"[A-Za-z0-9_](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?"  # 96 at most, no - or . at either end
+HF_REPO_ID = re.compile(rf"(?!.*(?:--|\.\.)){_HF_NAME}(?:/{_HF_NAME})?")
+HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+REVISION = re.compile(r"(?!.*\.\.)[A-Za-z0-9_][A-Za-z0-9._/-]{0,254}")
+FLAGS = ("DSV4_SKIP_PREFLIGHT", "DSV4_SKIP_SHM_CHECK")                  # 0/1 (also false/true, no/yes)
+DIRECTORIES = ("HOME", "HF_HOME", "HF_HUB_CACHE", "XDG_CACHE_HOME")
+PATHS = (*DIRECTORIES, "DSV4_DEFAULTS", "DSV4_RUNTIME_FILE")
+HF_OFFLINE_VALUES = ("0", "1", "false", "true", "no", "yes", "off", "on")  # what huggingface_hub reads
 
 
-def _int_from_env(name: str, value: str, minimum: int) -> int:
+def _int_from_env(name: str, value: str, minimum: int, maximum: int) -> int:
+    if not (value.isascii() and value.isdigit() and len(value) <= 12) or not minimum <= int(value) <= maximum:
+        raise EntrypointError(f"{name}={_shown(value)} is not an integer between {minimum} and {maximum}"
+                              f"{' (ASCII digits only)' if not value.isascii() else ''}", EXIT_BAD_OVERRIDE)
+    return int(value)
+
+
+def _shown(value: str, limit: int = 60) -> str:
+    return repr(value[:limit]) + (f"... ({len(value)} characters)" if len(value) > limit else "")
+
+
+def _text(name: str, value: str) -> str:
+    """A set variable's value: not empty, no surrounding spaces, no control characters."""
+    if not value.strip():
+        raise EntrypointError(f"{name} is set but empty", EXIT_BAD_OVERRIDE)
+    if value != value.strip() or not value.isprintable():
+        raise EntrypointError(f"{name}={_shown(value)} has surrounding spaces or control characters", EXIT_BAD_OVERRIDE)
+    return value
+
+
+def _string_override(name: str, value: str) -> str:
+    value = _text(name, value)
+    bad = None
+    if name == "MODEL" and not value.startswith(("/", "./", "../")) and not HF_REPO_ID.fullmatch(value):
+        bad = "is neither a path (/..., ./...) nor a Hugging Face model id (owner/name)"
+    elif name == "SERVED_MODEL_NAME" and (len(value) > 256 or value.startswith("-") or any(c.isspace() for c in value)):
+        bad = "is not a name of at most 256 characters without spaces (not starting with -)"
+    elif name == "HOST":
+        bad = _listen_problem(value)
+    elif name == "KV_CACHE_DTYPE" and not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", value):
+        bad = "is not a vLLM cache dtype name (auto, fp8, bfloat16, ...)"
+    if bad:
+        raise EntrypointError(f"{name}={_shown(value)} {bad}", EXIT_BAD_OVERRIDE)
+    return value
+
+
+def _listen_problem(host: str) -> str | None:
+    """Why vLLM could not listen on `host` (None: it can): an address of this machine, or a name for one."""
+    if not (HOSTNAME.fullmatch(host) or _is_ip(host)):
+        return "is not an IP address or host name"
     try:
-        number = int(value.strip(), 10)
+        family, kind, proto, _, address = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.bind(address[:2])
+    except OSError as exc:
+        return f"cannot be listened on here ({exc.strerror or exc})"
+    return None
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+        return True
     except ValueError:
-        number = None
-    if number is None or number < minimum or (name == "PORT" and number > 65535):
-        bound = "between 1 and 65535" if name == "PORT" else f">= {minimum}"
-        raise EntrypointError(f"{name}={value!r} is not an integer {bound}", EXIT_BAD_OVERRIDE)
-    return number
+        return False
+
+
+def extra_args(env: dict) -> list[str]:
+    """VLLM_EXTRA_ARGS, shell-quoted (unset, empty or only spaces: none); it must start with an option."""
+    text = env.get("VLLM_EXTRA_ARGS", "")
+    if any(not c.isprintable() and c not in "\n\t" for c in text):
+        raise EntrypointError(f"VLLM_EXTRA_ARGS={_shown(text)} holds control characters", EXIT_BAD_OVERRIDE)
+    try:
+        args = shlex.split(text)
+    except ValueError as exc:
+        raise EntrypointError(f"VLLM_EXTRA_ARGS cannot be parsed: {exc} (shell quoting: "
+                              f"VLLM_EXTRA_ARGS='--flag \"a b\"')", EXIT_BAD_OVERRIDE) from None
+    if args and not re.match(r"-{1,2}[A-Za-z]", args[0]):
+        raise EntrypointError(f"VLLM_EXTRA_ARGS starts with {_shown(args[0])}, not an option (--flag)", EXIT_BAD_OVERRIDE)
+    return args
+
+
+def _path_problem(name: str, value: str) -> str | None:
+    """An absolute path; a directory variable must be a directory or creatable, a file's parent must be one."""
+    if not _text(name, value).startswith("/"):
+        return "is not an absolute path"
+    path = Path(value)
+    try:
+        if name in DIRECTORIES and path.exists():
+            return None if path.is_dir() else "is not a directory"
+        if name not in DIRECTORIES and path.is_dir():
+            return "is a directory, not a file"
+        missing = path if name in DIRECTORIES else path.parent
+        while not missing.parent.exists():
+            missing = missing.parent
+        if missing.exists():
+            return None if missing.is_dir() else f"is under {missing}, which is not a directory"
+        if not missing.parent.is_dir():
+            return f"is under {missing.parent}, which is not a directory"
+        missing.mkdir()
+        missing.rmdir()
+    except OSError as exc:
+        return f"cannot be made: {exc.strerror or exc}"
+    return None
+
+
+def check_environment(env: dict) -> None:
+    """The variables read outside the serve settings: switches, paths, the checkpoint's profile and
+    revision, the API key. A cache directory may exist read-only (a pre-filled cache, HF_HUB_OFFLINE=1)."""
+    for name in FLAGS:
+        if name in env:
+            runtime.flag(env, name)
+    for name in PATHS:
+        problem = _path_problem(name, env[name]) if name in env else None
+        if problem:
+            raise EntrypointError(f"{name}={_shown(env[name])} {problem}", EXIT_BAD_OVERRIDE)
+    if "MODEL_REVISION" in env and not REVISION.fullmatch(_text("MODEL_REVISION", env["MODEL_REVISION"])):
+        raise EntrypointError(f"MODEL_REVISION={_shown(env['MODEL_REVISION'])} is not a branch, tag or commit",
+                              EXIT_BAD_OVERRIDE)
+    if "HF_HUB_OFFLINE" in env and env["HF_HUB_OFFLINE"].lower() not in HF_OFFLINE_VALUES:
+        raise EntrypointError(f"HF_HUB_OFFLINE={_shown(env['HF_HUB_OFFLINE'])} is not one of "
+                              f"{', '.join(HF_OFFLINE_VALUES)}", EXIT_BAD_OVERRIDE)
+    if "DSV4_CHECKPOINT_PROFILE" in env:
+        _profile(_text("DSV4_CHECKPOINT_PROFILE", env["DSV4_CHECKPOINT_PROFILE"]))
+    if "VLLM_API_KEY" in env:
+        _text("VLLM_API_KEY", env["VLLM_API_KEY"])
+
+
+def _profile(name: str) -> str:
+    if name not in checkpoint.PROFILES:
+        raise EntrypointError(f"DSV4_CHECKPOINT_PROFILE={_shown(name)} is not one of "
+                              f"{', '.join(sorted(checkpoint.PROFILES))}", EXIT_BAD_OVERRIDE)
+    return name
 
 
 def effective_settings(defaults: dict, env: dict) -> dict:
@@ -82,17 +220,33 @@ def effective_settings(defaults: dict, env: dict) -> dict:
     serve.setdefault("host", "0.0.0.0")
     for name, key in STR_OVERRIDES.items():
         if name in env:
-            if not env[name].strip():
-                raise EntrypointError(f"{name} is set but empty", EXIT_BAD_OVERRIDE)
-            serve[key] = env[name].strip()
-    for name, (key, minimum) in INT_OVERRIDES.items():
+            serve[key] = _string_override(name, env[name])
+    for name, (key, minimum, maximum) in INT_OVERRIDES.items():
         if name in env:
-            serve[key] = _int_from_env(name, env[name], minimum)
-    try:
-        serve["extra_args"] = list(serve.get("extra_args", [])) + shlex.split(env.get("VLLM_EXTRA_ARGS", ""))
-    except ValueError as exc:
-        raise EntrypointError(f"VLLM_EXTRA_ARGS cannot be parsed: {exc}", EXIT_BAD_OVERRIDE) from None
+            serve[key] = _int_from_env(name, env[name], minimum, maximum)
+    serve["extra_args"] = list(serve.get("extra_args", [])) + extra_args(env)
     return serve
+
+
+def check_defaults(defaults, path: Path) -> dict:
+    """The image's serve.json: the keys and types build_command relies on (one line naming the first bad one)."""
+    wanted = {"model": str, "port": int, "tensor_parallel_size": int, "max_model_len": int,
+              "num_speculative_tokens": int}
+    optional = {"extra_args": list, "cudagraph_batch_sizes": list, "min_shm_mb": int, "host": str}
+    serve = defaults.get("serve") if isinstance(defaults, dict) else None
+    if not isinstance(serve, dict):
+        raise EntrypointError(f"the image's serve defaults {path} hold no \"serve\" table", EXIT_BAD_OVERRIDE)
+    for key, kind in [*wanted.items(), *optional.items()]:
+        value = serve.get(key)
+        if (key in wanted or value is not None) and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise EntrypointError(f"the image's serve defaults {path}: serve.{key} is {_shown(repr(value))}, "
+                                  f"not a {kind.__name__}", EXIT_BAD_OVERRIDE)
+    lists = {"extra_args": str, "cudagraph_batch_sizes": int}
+    for key, kind in lists.items():
+        if not all(isinstance(v, kind) and not isinstance(v, bool) for v in serve.get(key) or []):
+            raise EntrypointError(f"the image's serve defaults {path}: serve.{key} holds a non-{kind.__name__}",
+                                  EXIT_BAD_OVERRIDE)
+    return defaults
 
 
 def capture_sizes(batch_sizes: list[int], num_speculative_tokens: int) -> list[int]:
@@ -126,12 +280,8 @@ def build_command(serve: dict, passthrough: list[str]) -> list[str]:
 def checkpoint_profile(defaults: dict, serve: dict, env: dict) -> str | None:
     """DSV4_CHECKPOINT_PROFILE, else the target's `checkpoint_profile` while MODEL is the target's own;
     None lets checkpoint.py choose by model id, then by architecture."""
-    if env.get("DSV4_CHECKPOINT_PROFILE", "").strip():
-        name = env["DSV4_CHECKPOINT_PROFILE"].strip()
-        if name not in checkpoint.PROFILES:
-            raise EntrypointError(f"DSV4_CHECKPOINT_PROFILE={name!r} is not one of "
-                                  f"{', '.join(sorted(checkpoint.PROFILES))}", EXIT_BAD_OVERRIDE)
-        return name
+    if "DSV4_CHECKPOINT_PROFILE" in env:
+        return _profile(_text("DSV4_CHECKPOINT_PROFILE", env["DSV4_CHECKPOINT_PROFILE"]))
     if serve["model"] == defaults.get("serve", {}).get("model"):
         return defaults["serve"].get("checkpoint_profile")
     return None
@@ -189,10 +339,11 @@ def preflight(defaults: dict, serve: dict, env: dict, say) -> None:
 
 def probe(ready: bool, env: dict, defaults_path: Path) -> int:
     """Exit 0 when the server answers: the recorded one, else the one the defaults and env describe."""
-    info = runtime.recorded()
+    info = runtime.recorded(runtime.runtime_file(env))
     if info is None:
         try:
-            serve = effective_settings(json.loads(defaults_path.read_text()), env)
+            defaults = check_defaults(json.loads(defaults_path.read_text()), defaults_path)
+            serve = effective_settings(defaults, env)
         except (OSError, ValueError, EntrypointError):
             return 1
         info = {"port": serve["port"], "model": serve.get("served_model_name") or serve["model"],
@@ -201,12 +352,43 @@ def probe(ready: bool, env: dict, defaults_path: Path) -> int:
 
 
 MODES = ("--print-command", "--preflight-only")
+PROBES = ("--healthcheck", "--ready")
 
 
-def main(argv: list[str] | None = None, env: dict | None = None, defaults_path: Path = DEFAULTS_PATH) -> int:
+def check_model_path(serve: dict, env: dict) -> None:
+    """A MODEL given as a path must be there (vLLM would read a missing one as a Hugging Face id), and a
+    directory must be a Hugging Face checkpoint (config.json); a file may be a GGUF checkpoint."""
+    model = env.get("MODEL")
+    if not model or not model.startswith(("/", "./", "../")):
+        return
+    if not os.path.exists(model):
+        raise EntrypointError(f"MODEL={_shown(model)}: no such file or directory (mount the checkpoint there, "
+                              "or give a Hugging Face model id)", EXIT_BAD_OVERRIDE)
+    if os.path.isdir(model) and not os.path.isfile(os.path.join(model, "config.json")):
+        raise EntrypointError(f"MODEL={_shown(model)} is a directory without config.json: not a Hugging Face "
+                              "checkpoint", EXIT_BAD_OVERRIDE)
+
+
+def _print(line: str) -> None:
+    """stdout for --print-command; a reader that went away is not an error."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+
+
+def main(argv: list[str] | None = None, env: dict | None = None, defaults_path: Path | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     env = dict(os.environ if env is None else env)
-    if argv[:1] in (["--healthcheck"], ["--ready"]):
+    defaults_path = defaults_path or (Path(env["DSV4_DEFAULTS"]) if env.get("DSV4_DEFAULTS") else DEFAULTS_PATH)
+    if argv[:1] and argv[0] in PROBES:
+        if len(argv) > 1:
+            print(f"[dsv4-flash] error: {argv[0]} takes no arguments, got {_shown(' '.join(argv[1:]))}",
+                  file=sys.stderr, flush=True)
+            return EXIT_BAD_OVERRIDE
         return probe(argv[0] == "--ready", env, defaults_path)
     mode = argv.pop(0) if argv[:1] and argv[0] in MODES else "serve"
     secrets: list[str] = runtime.secret_values(env, argv)
@@ -220,15 +402,22 @@ def main(argv: list[str] | None = None, env: dict | None = None, defaults_path: 
         say(f"error: cannot read the image's serve defaults {defaults_path}: {exc}")
         return EXIT_BAD_OVERRIDE
     try:
+        check_defaults(defaults, defaults_path)
+        if argv and not argv[0].startswith("-"):
+            raise EntrypointError(f"{_shown(argv[0])} is not a `vllm serve` option: arguments after the image are "
+                                  "extra vLLM flags (--flag value); to run another program use docker run --entrypoint",
+                                  EXIT_BAD_OVERRIDE)
+        check_environment(env)
         serve = effective_settings(defaults, env)
         command = build_command(serve, argv)
         secrets = runtime.secret_values(env, command)
         shown = runtime.redact(shlex.join(runtime.redact_command(command)), secrets)
         say(shown)
         if mode == "--print-command":
-            print(shown)
+            _print(shown)
             return 0
-        if env.get("DSV4_SKIP_PREFLIGHT", "0") in ("", "0"):
+        check_model_path(serve, env)
+        if not runtime.flag(env, "DSV4_SKIP_PREFLIGHT"):
             preflight(defaults, serve, env, say)
         if mode == "--preflight-only":
             return 0
@@ -247,8 +436,11 @@ def main(argv: list[str] | None = None, env: dict | None = None, defaults_path: 
         say(f"error: cannot prepare the container: {exc}")
         return EXIT_BAD_OVERRIDE
     sys.stderr.flush()
-    os.execvpe(command[0], command, {**env, **cache_env})
-    return 127  # not reached
+    try:
+        os.execvpe(command[0], command, {**env, **cache_env})
+    except OSError as exc:  # not this image (no vllm on PATH), or a broken one
+        say(f"error: cannot start {command[0]}: {exc.strerror or exc}")
+    return 127
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pathlib import Path
 
 SECRET_FLAG = re.compile(r"^--(?:api-key|hf-token|[\w-]*-(?:key|token|secret|password))$")
 SECRET_VAR = re.compile(r"(?:^|_)(?:TOKEN|KEY|SECRET|PASSWORD)$")
-RUNTIME_FILE = Path(os.environ.get("DSV4_RUNTIME_FILE", "/tmp/dsv4-flash/serving.json"))
+RUNTIME_FILE = Path(os.environ.get("DSV4_RUNTIME_FILE") or "/tmp/dsv4-flash/serving.json")
 MASK = "***"
 
 
@@ -39,6 +39,21 @@ class EnvironmentProblem(Exception):
     def __init__(self, message: str, exit_code: int = 2):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+# ---- switches -----------------------------------------------------------------------------------
+
+ON, OFF = ("1", "true", "yes"), ("0", "false", "no")
+
+
+def flag(env: dict, name: str) -> bool:
+    """A 0/1 switch (also true/false, yes/no, any case); unset is off; anything else is refused."""
+    value = env.get(name)
+    if value is None:
+        return False
+    if value.lower() in ON or value.lower() in OFF:
+        return value.lower() in ON
+    raise EnvironmentProblem(f"{name}={value[:40]!r} is not 0 or 1 (also false/true, no/yes)")
 
 
 # ---- secrets ------------------------------------------------------------------------------------
@@ -93,7 +108,7 @@ def shm_mib(path: str = "/dev/shm") -> int | None:
 
 def check_shm(minimum_mib: int | None, env: dict, measured: int | None = None) -> str | None:
     """None when /dev/shm is large enough (or the check is off); raises when it is too small."""
-    if not minimum_mib or env.get("DSV4_SKIP_SHM_CHECK", "0") not in ("", "0"):
+    if not minimum_mib or flag(env, "DSV4_SKIP_SHM_CHECK"):
         return None
     size = shm_mib() if measured is None else measured
     if size is None or size >= minimum_mib:
@@ -175,18 +190,29 @@ def record(serve: dict, command: list[str], env: dict, path: Path | None = None)
     port = last_value(command, "--port") or serve["port"]
     info = {"port": int(port), "host": last_value(command, "--host") or serve["host"],
             "model": last_value(command, "--served-model-name") or serve["model"], "api_key": api_key(env, command)}
-    path = path or RUNTIME_FILE
+    path = path or runtime_file(env)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(info, f)
 
 
+def runtime_file(env: dict) -> Path:
+    """Where `record` writes: $DSV4_RUNTIME_FILE of the environment given, else RUNTIME_FILE."""
+    return Path(env["DSV4_RUNTIME_FILE"]) if env.get("DSV4_RUNTIME_FILE") else RUNTIME_FILE
+
+
 def recorded(path: Path | None = None) -> dict | None:
+    """What `record` wrote; None when it is missing or not what record writes (probes then ask the defaults)."""
     try:
-        return json.loads((path or RUNTIME_FILE).read_text())
+        info = json.loads((path or RUNTIME_FILE).read_text())
     except (OSError, ValueError):
         return None
+    port, model = info.get("port") if isinstance(info, dict) else None, info.get("model") if isinstance(info, dict) else None
+    if not (isinstance(port, int) and not isinstance(port, bool) and 1 <= port <= 65535 and isinstance(model, str)):
+        return None
+    key = info.get("api_key")
+    return info if key is None or isinstance(key, str) else None
 
 
 def _get(url: str, key: str | None, body: dict | None = None, timeout: float = 5) -> dict | None:

@@ -1,8 +1,10 @@
 """The `build.py verify` command line: arguments, the table, the JSON report and the exit code.
 
-Exit codes: 0 PASS; 1 a check FAILed; 3 nothing failed but something could not be judged; 1 with
-one `error:` line for bad arguments or nothing listening at --url. Whenever the verdict is not
-PASS, stderr gets exactly one line naming the checks behind it.
+Exit codes: 0 PASS; 1 a check FAILed; 3 nothing failed but something could not be judged; 2 with
+one `error:` line for a bad argument (every one is checked before anything is sent: URLs, numbers
+and their ranges, the report path's writability, the prompt set, --arch); 1 with one `error:` line
+when nothing listens at --url. Whenever the verdict is not PASS, stderr gets exactly one line
+naming the checks behind it.
 """
 
 from __future__ import annotations
@@ -12,9 +14,8 @@ import math
 import sys
 import time
 import traceback
-from pathlib import Path
 
-from .. import matrix
+from .. import inputs, matrix
 from ..errors import UserError
 from . import checks as checks_mod, measurable, prompts, runner, server
 from .checks import CANNOT, PASS, SKIPPED, Check
@@ -22,48 +23,77 @@ from .endpoint import Endpoint
 from .transport import Deadline, Timeouts
 
 
+MAX_CONCURRENCY = 1024        # threads verify runs at once; far beyond any target's max_num_seqs
+MAX_TOKENS = 1 << 20          # 1,048,576: DeepSeek-V4's context, the longest any target serves
+MAX_TEMPERATURE = 2.0         # the OpenAI API's range; above it the sampler makes noise, not MTP
+MAX_TIMEOUT = 7 * 24 * 3600   # a week: longer is a typo (and beyond what a timer takes)
+
+
+def _concurrency_levels(text: str) -> list[int]:
+    """Comma-separated levels, each 1-MAX_CONCURRENCY; spaces around a level are allowed; the levels
+    run in ascending order, each once."""
+    items = text.split(",")
+    if not text.strip() or any(not item.strip() for item in items):
+        raise ValueError(f"expected comma-separated integers, e.g. 1,4,8, got {inputs.shown(text)}")
+    return sorted({inputs.integer(item.strip(), 1, MAX_CONCURRENCY) for item in items})
+
+
+def _seconds(text: str) -> float:
+    value = inputs.decimal(text, 0, MAX_TIMEOUT)
+    if value <= 0:
+        raise ValueError(f"expected a positive number of seconds up to {MAX_TIMEOUT}, got {inputs.shown(text)}")
+    return value
+
+
 def add_arguments(p) -> None:
     d = Timeouts()
-    p.add_argument("--url", required=True, help="the deployment, e.g. http://127.0.0.1:8000")
+    have = sorted(path.stem for path in prompts.PROMPTS_DIR.glob("*.json"))
+    p.add_argument("--url", required=True, type=inputs.flag(inputs.http_url),
+                   help="the deployment, e.g. http://127.0.0.1:8000")
     p.add_argument("--workload", default="all", choices=[*prompts.WORKLOADS, "all"])
-    p.add_argument("--concurrency", default="1,4,8", help="comma-separated levels (default 1,4,8)")
-    p.add_argument("--max-tokens", type=int, default=1024,
-                   help="per request; clamped to max_model_len minus the prompt where the server states it")
-    p.add_argument("--temperature", type=float, default=0.0,
-                   help="sampling temperature (0: greedy; > 0 also exercises the sampler)")
-    p.add_argument("--json", type=Path, help="write the full report here")
-    p.add_argument("--metrics-url", action="append", default=[], metavar="URL",
+    p.add_argument("--concurrency", default=[1, 4, 8], type=inputs.flag(_concurrency_levels),
+                   help=f"comma-separated levels, each 1-{MAX_CONCURRENCY} (default 1,4,8)")
+    p.add_argument("--max-tokens", type=inputs.flag(inputs.integer, 1, MAX_TOKENS), default=1024,
+                   help=f"per request, 1-{MAX_TOKENS}; clamped to max_model_len minus the prompt where the server states it")
+    p.add_argument("--temperature", type=inputs.flag(inputs.decimal, 0, MAX_TEMPERATURE), default=0.0,
+                   help=f"sampling temperature, 0-{MAX_TEMPERATURE:g} (0: greedy; > 0 also exercises the sampler)")
+    p.add_argument("--json", type=inputs.flag(inputs.writable_file),
+                   help="write the full report here (checked writable before anything is sent)")
+    p.add_argument("--metrics-url", action="append", default=[], metavar="URL", type=inputs.flag(inputs.http_url),
                    help="read spec-decode counters here instead of --url, summed (repeat it for each replica behind a "
                         "router: a router's own /metrics is one replica's at a time)")
-    p.add_argument("--baseline-url", help="the same model served without MTP, for the speedup and the divergence signal")
-    p.add_argument("--arch", help="whose thresholds to apply (default: cpu when the tiny model is served)")
-    p.add_argument("--prompt-set", default=prompts.DEFAULT_VERSION)
-    p.add_argument("--connect-timeout", type=float, default=d.connect, help=f"seconds (default {d.connect:g})")
-    p.add_argument("--first-byte-timeout", type=float, default=d.first_byte,
+    p.add_argument("--baseline-url", type=inputs.flag(inputs.http_url),
+                   help="the same model served without MTP, for the speedup and the divergence signal")
+    p.add_argument("--arch", type=inputs.flag(inputs.word), help="whose thresholds to apply (default: cpu when the tiny model is served)")
+    p.add_argument("--prompt-set", default=prompts.DEFAULT_VERSION, choices=have)
+    seconds = inputs.flag(_seconds)
+    p.add_argument("--connect-timeout", type=seconds, help=f"seconds (default {d.connect:g})")
+    p.add_argument("--first-byte-timeout", type=seconds,
                    help=f"seconds to the first byte of a response, and of any later gap (default {d.first_byte:g})")
-    p.add_argument("--request-timeout", type=float, default=d.request, help=f"seconds per request (default {d.request:g})")
-    p.add_argument("--run-timeout", type=float, default=d.run, help=f"seconds for the whole run (default {d.run:g})")
-
-
-def _concurrencies(text: str) -> list[int]:
-    try:
-        levels = sorted({int(x) for x in text.split(",") if x.strip()})
-    except ValueError:
-        raise UserError(f"--concurrency {text!r}: expected comma-separated integers, e.g. 1,4,8") from None
-    if not levels or levels[0] < 1:
-        raise UserError(f"--concurrency {text!r}: levels must be >= 1")
-    return levels
+    p.add_argument("--request-timeout", type=seconds, help=f"seconds per request (default {d.request:g})")
+    p.add_argument("--run-timeout", type=seconds, help=f"seconds for the whole run (default {d.run:g})")
 
 
 def _timeouts(args) -> Timeouts:
-    t = Timeouts(connect=args.connect_timeout, first_byte=args.first_byte_timeout, request=args.request_timeout,
-                 run=args.run_timeout).check()
+    """Each bound within the one around it (connect and first byte within a request, a request within the
+    run). A bound given that could never fire is refused; a default larger than a bound given around it
+    is lowered to it."""
+    d = Timeouts()
+    given = {name: getattr(args, f"{name}_timeout", None) for name in ("connect", "first_byte", "request", "run")}
+    run = given["run"] or d.run
+    request = given["request"] or min(d.request, run)
+    connect, first_byte = given["connect"] or min(d.connect, request), given["first_byte"] or min(d.first_byte, request)
+    for inner, value, outer, limit in (("request", request, "run", run), ("connect", connect, "request", request),
+                                       ("first_byte", first_byte, "request", request)):
+        if given[inner] and value > limit:
+            raise UserError(f"--{inner.replace('_', '-')}-timeout {value:g} is longer than the {outer} timeout "
+                            f"({limit:g}s{'' if given[outer] else ', the default'}) and could never fire", exit_code=2)
+    t = Timeouts(connect=connect, first_byte=first_byte, request=request, run=run).check()
     return Timeouts(t.connect, t.first_byte, t.request, t.run, get=min(t.get, t.request))
 
 
-def _target_for(model: str, arch: str | None) -> tuple[str, dict, bool]:
-    """The one place that reads matrix.toml: (target name, its thresholds, whether the tiny model's rule applies)."""
-    m = matrix.load()
+def _target_for(m, model: str, arch: str | None) -> tuple[str, dict, bool]:
+    """The one place that reads the matrix: (target name, its thresholds, whether the tiny model's rule applies)."""
     cpu = m.resolve("cpu")
     rule = model == cpu.serve.served_model_name
     if arch:
@@ -148,14 +178,19 @@ def _judge(args, mtp: Endpoint, baseline: Endpoint | None, baseline_problem: Che
     return extra, found
 
 
-def main(args, emit=print) -> int:
+def main(args, emit=print, m=None) -> int:
+    """Every argument is checked (argparse types, then the ones below) before anything is sent."""
     started = time.monotonic()
-    concurrencies = _concurrencies(args.concurrency)
+    concurrencies = args.concurrency
     if args.max_tokens < 1:
         raise UserError("--max-tokens must be >= 1")
     if not math.isfinite(args.temperature) or args.temperature < 0:
         raise UserError(f"--temperature {args.temperature}: expected a finite number >= 0")
     timeouts = _timeouts(args)
+    m = m or matrix.load()
+    if args.arch:
+        m.resolve(args.arch)
+    version, selected = prompts.load(args.prompt_set)
     deadline = Deadline(timeouts.run)
     report = {"version": 2, "created": runner.now(), "url": args.url, "baseline_url": args.baseline_url,
               "workload": args.workload, "concurrency": concurrencies, "max_tokens": args.max_tokens,
@@ -169,8 +204,7 @@ def main(args, emit=print) -> int:
     except server.ServerProblem as exc:
         found.append(Check("server", CANNOT, exc.detail))
         return _finish(report, found, args, started, emit)
-    target_name, thresholds, rule = _target_for(info.model, args.arch)
-    version, selected = prompts.load(args.prompt_set)
+    target_name, thresholds, rule = _target_for(m, info.model, args.arch)
     if args.workload != "all":
         selected = [p for p in selected if p.workload == args.workload]
     report |= {"model": info.model, "server": info.as_dict(), "target": target_name, "prompt_set": version,

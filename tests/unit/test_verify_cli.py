@@ -67,14 +67,15 @@ def test_nothing_listening_is_one_error_line():
 @pytest.mark.parametrize("url", ["ftp://127.0.0.1:8000", "http://127.0.0.1:99999", "127.0.0.1:8000"])
 def test_a_url_that_is_no_http_url_is_one_error_line(url):
     result = verify("--url", url)
-    assert result.returncode == 1 and result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
-    assert "Traceback" not in result.stderr
+    assert result.returncode == 2 and result.stderr.startswith("error: verify: argument --url: ")
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
 
 
-def test_an_unwritable_report_path_is_one_error_line(tmp_path):
+def test_an_unwritable_report_path_is_one_error_line_before_anything_is_sent(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     with FakeVLLM("healthy") as server:
         result = verify("--url", server.url, *QUICK, "--json", str(blocker / "v.json"))
-    assert result.returncode == 1 and result.stderr.startswith("error: cannot write the report to ")
-    assert len(result.stderr.splitlines()) == 1
+        assert server.state.requests == 0
+    assert result.returncode == 2 and result.stderr.startswith("error: verify: argument --json: ")
+    assert f"is under {blocker}, which is a file" in result.stderr and len(result.stderr.splitlines()) == 1

@@ -190,16 +190,16 @@ def test_without_max_model_len_a_short_length_stop_cannot_be_judged(tmp_path, ca
 # ---- arguments -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("flag, value, message", [
-    ("--run-timeout", "0", "timeout run: expected a positive number"),
-    ("--connect-timeout", "nan", "timeout connect: expected a positive number"),
-    ("--first-byte-timeout", "-1", "timeout first-byte: expected a positive number"),
-    ("--temperature", "nan", "--temperature nan: expected a finite number >= 0"),
+    ("--run-timeout", "0", "argument --run-timeout: expected a positive number of seconds"),
+    ("--connect-timeout", "nan", "argument --connect-timeout: expected a number in 0-604800, got 'nan'"),
+    ("--first-byte-timeout", "-1", "argument --first-byte-timeout: expected a number in 0-604800, got '-1'"),
+    ("--temperature", "nan", "argument --temperature: expected a number in 0-2, got 'nan'"),
 ])
-def test_bad_bounds_are_one_line(flag, value, message):
-    from dsv4_images.errors import UserError
-    args = cli.parser().parse_args(["verify", "--url", "http://127.0.0.1:9", flag, value])
-    with pytest.raises(UserError, match=message):
-        command.main(args, emit=lambda _: None)
+def test_bad_bounds_are_one_line(flag, value, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.parser().parse_args(["verify", "--url", "http://127.0.0.1:9", flag, value])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err and len(err.splitlines()) == 1
 
 
 # ---- a drafter that goes bad in the middle of a run -----------------------------------------------
