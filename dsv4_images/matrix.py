@@ -93,8 +93,27 @@ TARGET = _spec(extends=(False, _is_str), description=(True, _is_str), aliases=(T
                vllm=(True, lambda v: isinstance(v, dict), "a table"), patches=(False, lambda v: isinstance(v, list), "an array of tables"),
                tiny_model=(False, lambda v: isinstance(v, dict), "a table"), serve=(True, lambda v: isinstance(v, dict), "a table"),
                thresholds=(True, lambda v: isinstance(v, dict), "a table"),
-               ci=(True, lambda v: isinstance(v, dict), "a table"))
+               ci=(True, lambda v: isinstance(v, dict), "a table"),
+               prove=(False, lambda v: isinstance(v, dict), "a table"))
 CI = _spec(build_runner=(True, _is_str), verify_runner=(False, _is_str))
+
+
+def _is_devices(v):
+    return isinstance(v, list) and v and all(
+        isinstance(d, dict) and set(d) == {"capability", "name", "memory_mib"} and _is_str(d["capability"])
+        and _is_str(d["name"]) and _is_int(1)(d["memory_mib"]) for d in v)
+
+
+def _is_kernel(v):
+    return isinstance(v, dict) and set(v) == {"source", "archs", "sass"} and all(_is_str(x) for x in v.values())
+
+
+PROVE = _spec(requirements=(True, _is_str_list), toolchain=(True, _is_str_list),
+              gpus=(True, _is_int(1), "an integer >= 1"), nvlink=(True, _is_bool),
+              devices=(True, _is_devices, "an array of {capability, name, memory_mib} tables"),
+              max_speculative_tokens=(True, _is_int(0), "an integer >= 0"),
+              kernel=(True, _is_kernel, "a table {source, archs, sass}"),
+              flashinfer_prebuilt=(True, _is_str_list), flashinfer_cubins_baked=(True, _is_bool))
 
 
 def _check(table: Any, spec: Spec, where: str) -> None:
@@ -194,6 +213,8 @@ def _validate_target(name: str, t: dict, root: Path) -> None:
         raise UserError(f"matrix.toml: {where}.ci.verify_runner: missing (a cuda target is verified on a GPU runner)")
     if "tiny_model" in t:
         _check(t["tiny_model"], TINY_MODEL, f"{where}.tiny_model")
+    if "prove" in t:
+        _check(t["prove"], PROVE, f"{where}.prove")
     for i, patch in enumerate(t.get("patches", [])):
         _check(patch, PATCH, f"{where}.patches[{i}]")
         if not (root / patch["file"]).is_file():
