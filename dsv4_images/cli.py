@@ -10,6 +10,7 @@
     build.py verify --url URL ...
     build.py repro --arch cpu
     build.py resolve-digests
+    build.py prove --arch ARCH [--report FILE]
 
 Every expected failure is one line on stderr (`error: ...`) and a non-zero exit, never a traceback.
 """
@@ -23,7 +24,7 @@ import sys
 from . import matrix as matrix_mod
 from .errors import UserError
 
-COMMANDS = ("render", "matrix", "lock", "base", "patches", "demo", "verify", "repro", "resolve-digests")
+COMMANDS = ("render", "matrix", "lock", "base", "patches", "demo", "verify", "repro", "resolve-digests", "prove")
 
 
 def _say(line: str) -> None:
@@ -127,6 +128,11 @@ def cmd_resolve_digests(args) -> int:
     return digests.main(matrix_mod.load(), emit=_say)
 
 
+def cmd_prove(args) -> int:
+    from .prove import command
+    return command.main(matrix_mod.load().resolve(args.arch), args, emit=_say)
+
+
 def parser_for(command: str | None) -> argparse.ArgumentParser:
     if command is None:
         p = argparse.ArgumentParser(prog="build.py", description="Build (and push) one target's image.",
@@ -178,6 +184,10 @@ def parser_for(command: str | None) -> argparse.ArgumentParser:
         p.set_defaults(func=cmd_repro)
     elif command == "resolve-digests":
         p.set_defaults(func=cmd_resolve_digests)
+    elif command == "prove":
+        from .prove.command import add_arguments as add_prove_arguments
+        add_prove_arguments(p)
+        p.set_defaults(func=cmd_prove)
     return p
 
 
