@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sysconfig
 from pathlib import Path
 
 from ..locks import _uv
@@ -73,9 +72,10 @@ def c_launcher(report: Report, env: Env, pt: ProveTarget, work: Path) -> None:
         report.add(name, False, f"the image's runtime packages lack {' and '.join(missing)}: Triton cannot build its "
                    "launcher on first use, so the first request fails")
         return
-    include = subprocess.run([str(env.python), "-c", "import sysconfig; print(sysconfig.get_paths()['include'])"],
-                             capture_output=True, text=True).stdout.strip()
-    src, out = work / "dsv4_launcher.c", work / f"dsv4_launcher{sysconfig.get_config_var('EXT_SUFFIX') or '.so'}"
+    include, suffix = subprocess.run(  # the image's CPython: its headers and its extension suffix
+        [str(env.python), "-c", "import sysconfig as s; print(s.get_paths()['include'], s.get_config_var('EXT_SUFFIX'))"],
+        capture_output=True, text=True).stdout.split()
+    src, out = work / "dsv4_launcher.c", work / f"dsv4_launcher{suffix}"
     src.write_text(LAUNCHER_C)
     cmd = ["cc", "-O2", "-shared", "-fPIC", f"-I{include}", f"-I{env.cuda_home / 'include'}", str(src), "-o", str(out),
            f"-L{env.stub_dir}", "-lcuda"]

@@ -88,6 +88,8 @@ def _broken(tmp_path: Path, old: str, new: str, count: int = 1) -> Path:
     ('kind = "cuda"', 'kind = "rocm"', "targets.sm100.kind"),
     ('max_jobs = 16', 'max_jobz = 16', "targets.sm100.vllm.max_jobz"),
     ('extends = "sm100"', 'extends = "sm999"', "targets.sm120.extends"),
+    ("gpus = 8", "gpus = 0", "targets.sm100.prove.gpus"),
+    ('kernel = { source = "csrc/quantization', 'kernel = { src = "csrc/quantization', "targets.sm100.prove.kernel"),
 ])
 def test_a_bad_entry_is_a_clear_error_naming_the_key(tmp_path, old, new, key):
     with pytest.raises(UserError) as exc:
