@@ -124,7 +124,8 @@ def configure(report: Report, env: Env, pt: ProveTarget, work: Path, progress=pr
     errors = [ln.strip() for ln in result.stderr.splitlines() if "CMake Error" in ln]
     if result.returncode != 0:
         detail = " ".join(result.stderr.split("CMake Error", 1)[-1].split())[:300] if errors else result.stderr[-300:]
-        raise StepFailed(f"vLLM's CMake configure failed (log: {work / 'configure.log'}): CMake Error{detail}")
+        raise StepFailed(f"vLLM's CMake configure failed (its log is kept as last-run-{pt.name}/cmake/configure.log in "
+                         f"{work.parent.parent}): CMake Error{detail}")
     report.add("archs.configure", True, f"vLLM {pt.vllm_version} CMakeLists.txt lines 1-{kept} configured and generated "
                f"({BUILD_TYPE}, TORCH_CUDA_ARCH_LIST={pt.torch_cuda_arch_list}, host {host_compiler(result.stdout)}); "
                f"cut before triton_kernels and the GitHub-fetched external projects (and vLLM's GCC >= 13 check); "

@@ -4,6 +4,8 @@ on a machine without a GPU, as named PASS/FAIL lines; exit 0 only when every lin
 from __future__ import annotations
 
 import argparse
+import shutil
+import tempfile
 from pathlib import Path
 
 from ..errors import UserError
@@ -37,8 +39,20 @@ def parse_env(items: list[str]) -> dict:
 def run(pt: ProveTarget, steps: list[str], emit=print, user_env: dict | None = None, user_args: list | None = None,
         write_archs: bool = False) -> Report:
     report = Report(pt.name, emit=emit)
-    work = CACHE_DIR / f"work-{pt.name}"
-    work.mkdir(parents=True, exist_ok=True)
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"run-{pt.name}-", dir=CACHE_DIR))  # concurrent runs do not collide
+    try:
+        steps_in(report, pt, steps, work, emit, user_env, user_args, write_archs)
+    finally:  # keep the latest run's logs and build tree for a look, replace the one before
+        last = CACHE_DIR / f"last-run-{pt.name}"
+        shutil.rmtree(last, ignore_errors=True)
+        work.rename(last)
+        report.facts["work_dir"] = str(last)
+    return report
+
+
+def steps_in(report: Report, pt: ProveTarget, steps: list[str], work: Path, emit, user_env, user_args,
+             write_archs: bool) -> None:
     with report.step("env"):
         environment = env.ensure(pt, progress=emit)
         report.add("env", True, f"{'built' if environment.built_now else 'cached'} {environment.root.name}: "
@@ -70,8 +84,8 @@ def run(pt: ProveTarget, steps: list[str], emit=print, user_env: dict | None = N
             if not results:
                 report.add("runtime.flashinfer", None, "needs the engine step (vLLM's resolved backends)")
             runtime.fetches(report, pt)
+            runtime.overlapping_files(report, environment)
             runtime.pip_check(report, environment)
-    return report
 
 
 def gencode_of(pt: ProveTarget) -> str:

@@ -12,6 +12,7 @@ inputs change (the key is the sha256 of them):
 
 from __future__ import annotations
 
+import csv
 import fcntl
 import glob
 import hashlib
@@ -23,6 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
+
 from .. import patches as patches_mod
 from ..errors import UserError
 from ..locks import _uv
@@ -30,7 +33,7 @@ from ..wheelhouse import CACHE, PYPI_SIMPLE, parse_lock
 from . import stub
 from .settings import CACHE_DIR, ProveTarget
 
-LAYOUT = 1  # bump when what an environment holds changes
+LAYOUT = 2  # bump when what an environment holds changes
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,10 @@ class Env:
     @property
     def ninja(self) -> Path:
         return self.toolchain / "bin" / "ninja"  # the ninja wheel installs its binary as a script
+
+    def overlaps(self) -> list[dict]:
+        """Files two runtime packages both ship (recorded when the environment was built)."""
+        return json.loads((self.root / "complete.json").read_text()).get("overlaps", [])
 
     def tool(self, name: str) -> Path:
         return self.cuda_home / "bin" / name
@@ -126,6 +133,38 @@ def _install(root: Path, python: Path, data: dict, progress) -> None:
           "-r", root / "toolchain.txt"], "uv pip install (CUDA toolchain)", env=env)
 
 
+def overlaps(site: Path) -> list[dict]:
+    """Files that two installed distributions both ship with different contents (their RECORDs)."""
+    owners: dict[str, list[tuple[str, str]]] = {}
+    for record in sorted(site.glob("*.dist-info/RECORD")):
+        name, version = record.parent.name[:-len(".dist-info")].rsplit("-", 1)
+        for row in csv.reader(record.read_text().splitlines()):
+            if len(row) > 1 and row[1]:
+                owners.setdefault(row[0], []).append((f"{canonicalize_name(name)}=={version}", row[1]))
+    groups: dict[tuple, list[str]] = {}
+    for path, claims in owners.items():
+        if len(claims) > 1 and len({digest for _, digest in claims}) > 1:
+            groups.setdefault(tuple(sorted(d for d, _ in claims)), []).append(path)
+    return [{"dists": list(dists), "files": len(paths), "example": sorted(paths)[0],
+             "pip_winner": dists[0]} for dists, paths in sorted(groups.items())]
+
+
+def _as_pip_installs(root: Path, data: dict, site: Path) -> list[dict]:
+    """uv installs in parallel, so which of two distributions shipping the same file wins is chance.
+    The image installs with pip, which installs a --no-deps requirement set in reverse name order
+    (resolution/resolvelib/resolver.py: sorted by (weight, name), reverse=True): the alphabetically
+    first distribution is installed last and its files win. Reinstall those winners to match."""
+    found = overlaps(site)
+    winners = {group["pip_winner"].split("==")[0] for group in found}
+    if winners:
+        (root / "pip-winners.txt").write_text("\n".join(r for r in data["runtime"] + data["venv"]
+                                                    if r.split("==")[0] in winners) + "\n")
+        _run([_uv(), "pip", "install", "--python", root / "venv" / "bin" / "python", "--reinstall", "--require-hashes",
+              "--no-deps", "--index-url", PYPI_SIMPLE, "--no-config", "--quiet", "-r", root / "pip-winners.txt"],
+             "uv pip install --reinstall (pip's order)", env={**os.environ, "UV_CACHE_DIR": str(CACHE / "uv")})
+    return found
+
+
 def _patch(pt: ProveTarget, site: Path, pristine: Path) -> None:
     """Keep the files the series touches, then apply it the way the image does (checksums verified)."""
     for file, _ in pt.patches:
@@ -175,10 +214,11 @@ def ensure(pt: ProveTarget, progress=print) -> Env:
         started = time.monotonic()
         _install(root, python, data, progress)
         env = _layout(root, pt.python, built_now=True)
+        conflicts = _as_pip_installs(root, data, env.site_packages)
         env.pristine.mkdir()
         _patch(pt, env.site_packages, env.pristine)
         symbols = stub.build(env.site_packages, env.stub_dir)
         _cuda_home(env.toolchain, env.site_packages, env.stub_dir)
-        (root / "complete.json").write_text(json.dumps({**data, "stub_symbols": symbols,
+        (root / "complete.json").write_text(json.dumps({**data, "stub_symbols": symbols, "overlaps": conflicts,
                                                         "seconds": round(time.monotonic() - started, 1)}, indent=1))
         return env

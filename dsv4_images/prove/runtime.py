@@ -154,6 +154,23 @@ def fetches(report: Report, pt: ProveTarget) -> None:
                "MODEL is a local path; the entrypoint's preflight reads config.json and the index from the Hub")
 
 
+def overlapping_files(report: Report, env: Env) -> None:
+    """Two packages of the lock shipping the same files: what the image holds depends on install order.
+    A FAIL inside a Python package; INFO for a loose top-level file (a build backend shipped by mistake)."""
+    found = env.overlaps()
+    if not found:
+        report.add("runtime.overlapping-files", True, "no two runtime packages ship the same file")
+    for group in found:
+        in_package = "/" in group["example"]
+        report.add(f"runtime.overlapping-files.{'+'.join(d.split('==')[0] for d in group['dists'])}",
+                   False if in_package else None,
+                   f"{' and '.join(group['dists'])} ship {group['files']} files with different contents (e.g. "
+                   f"{group['example']}): pip installs {group['pip_winner']} last, so its files win (prove's env "
+                   "does the same)" + ("; an installer with another order gets the other's, and a uv install here "
+                                       "once broke vLLM's imports that way (cuda.bindings.runtime without "
+                                       "cudaLibrary_t)" if in_package else "; a loose top-level file"))
+
+
 def pip_check(report: Report, env: Env) -> None:
     result = subprocess.run([_uv(), "pip", "check", "--python", str(env.python)], capture_output=True, text=True)
     lines = [ln.strip() for ln in (result.stdout + result.stderr).splitlines() if "requires" in ln or "incompatible" in ln]

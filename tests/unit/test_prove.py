@@ -242,3 +242,25 @@ def test_the_stub_defines_every_driver_symbol_an_extension_imports(tmp_path):
     caller.write_text("int cuDeviceGetCount(int *n); int main(void) { int n; return cuDeviceGetCount(&n); }\n")
     subprocess.run(["cc", str(caller), "-o", str(tmp_path / "call"), f"-L{stub_dir}", "-lcuda"], check=True)
     assert subprocess.run([str(tmp_path / "call")], env={"LD_LIBRARY_PATH": str(stub_dir)}).returncode == 34
+
+
+def test_files_two_packages_ship_are_found_and_pips_winner_named(tmp_path):
+    from dsv4_images.prove import env
+
+    def dist(name, rows):
+        info = tmp_path / f"{name}.dist-info"
+        info.mkdir()
+        rows = "".join(f"{path},sha256={digest},1\n" for path, digest in rows)
+        (info / "RECORD").write_text(rows + f"{name}.dist-info/RECORD,,\n")
+    dist("cuda_python-12.6.2.post1", [("cuda/bindings/runtime.py", "old"), ("cuda/__init__.py", "same"), ("b.py", "x")])
+    dist("cuda_bindings-13.5.0", [("cuda/bindings/runtime.py", "new"), ("cuda/__init__.py", "same")])
+    found = env.overlaps(tmp_path)
+    assert found == [{"dists": ["cuda-bindings==13.5.0", "cuda-python==12.6.2.post1"], "files": 1,
+                      "example": "cuda/bindings/runtime.py", "pip_winner": "cuda-bindings==13.5.0"}]
+
+    class FakeEnv:
+        def overlaps(self):
+            return found + [{"dists": ["a==1", "b==1"], "files": 1, "example": "build_backend.py", "pip_winner": "a==1"}]
+    r = report.Report("sm120")
+    runtime.overlapping_files(r, FakeEnv())
+    assert [x.status for x in r.lines] == ["FAIL", "INFO"] and "cudaLibrary_t" in r.lines[0].detail
