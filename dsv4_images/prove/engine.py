@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,20 +180,26 @@ def run(report: Report, env: Env, pt: ProveTarget, case_list: list[Case], log_di
                "weight_only_layer": MAIN_LAYERS["attention.fused_wqa_wkv"],
                "mtp_layers": MTP_LAYERS, "pristine_compressed_tensors": str(env.pristine / compressed_tensors),
                "patched_compressed_tensors": str(patched_source) if patched_source else None}
+    chosen = {device.capability: runnable if i == 0 else [c for c in runnable if c.id == "default"]
+              for i, device in enumerate(pt.devices)}  # every case on the first device, the default on the others
+
+    def work(device: Device) -> dict:
+        req = {**request, "cases": [{"id": c.id, "argv": argv[c.id]} for c in chosen[device.capability]]}
+        return run_worker(env, pt, device, req, log_dir / f"worker-{pt.name}-{device.capability}.log")
+
+    with ThreadPoolExecutor(max_workers=len(pt.devices)) as pool:  # one vLLM process per stated device, at once
+        futures = [pool.submit(work, device) for device in pt.devices]
     results = {}
-    for i, device in enumerate(pt.devices):
-        chosen = runnable if i == 0 else [c for c in runnable if c.id == "default"]  # details for each device
-        request["cases"] = [{"id": c.id, "argv": argv[c.id]} for c in chosen]
-        result = run_worker(env, pt, device, request, log_dir / f"worker-{pt.name}-{device.capability}.log")
-        results[device.capability] = result
+    for i, (device, future) in enumerate(zip(pt.devices, futures)):
+        result = results[device.capability] = future.result()
         report.add(f"engine.platform@{device.capability}", result.get("capability") == device.capability,
                    f"vLLM's current_platform is {result['platform']} with capability {result.get('capability')} "
                    f"({device.name}, {device.memory_mib} MiB, {pt.gpus} GPUs, NVLink {pt.nvlink})")
-        for case in chosen:
-            suffix = f"@{device.capability}" if i else ""
+        suffix = f"@{device.capability}" if i else ""
+        for case in chosen[device.capability]:
             judge_case(report, case, result["cases"][case.id], argv[case.id], pt, suffix)
         if "schemes" in result:
-            judge_schemes(report, result["schemes"], f"@{device.capability}" if i else "")
+            judge_schemes(report, result["schemes"], suffix)
         if "backends" in result:
             judge_backends(report, result["backends"], device.capability)
     report.facts["engine"] = results
