@@ -109,6 +109,18 @@ def _index_url(text: str) -> str:
     return text
 
 
+def _executable(text: str) -> str:
+    if not (text.startswith("/") and os.path.isfile(text) and os.access(text, os.X_OK)):
+        raise ValueError(f"expected the absolute path of an executable, got {inputs.shown(text)}")
+    return text
+
+
+def _directory(text: str) -> str:
+    if not (text.startswith("/") and os.path.isdir(text)):
+        raise ValueError(f"expected the absolute path of a directory, got {inputs.shown(text)}")
+    return text
+
+
 def _epoch(text: str) -> int:
     from . import provenance  # the one parser of SOURCE_DATE_EPOCH (its UserError names the variable)
     return provenance.parse_epoch(text)
@@ -123,6 +135,8 @@ ENVIRONMENT = {  # variable -> (the subcommands that read it, its check: a Value
     "DSV4_PYPI_SIMPLE_URL": (DOWNLOADS, _index_url),
     "DSV4_WHEEL_SERVER_PORT": (DOWNLOADS, inputs.port),
     "DSV4_PROJECT_ROOT": (None, _project_root),  # None: every subcommand
+    "DSV4_PYTHON312": (("prove",), _executable),  # the CPython 3.12 prove's venv is made from
+    "PYENV_ROOT": (("prove",), _directory),       # where prove looks for it otherwise
 }
 
 
@@ -233,6 +247,11 @@ def cmd_repro(args) -> int:
     return repro.main(m, m.resolve(args.arch), emit=_say)
 
 
+def cmd_prove(args) -> int:
+    from .prove import command
+    return command.main(_matrix().resolve(args.arch), args, emit=_say)
+
+
 def cmd_resolve_digests(args) -> int:
     from . import digests
     return digests.main(_matrix(), emit=_say)
@@ -282,6 +301,11 @@ def _verify_arguments(p: argparse.ArgumentParser) -> None:
     add_arguments(p)
 
 
+def _prove_arguments(p: argparse.ArgumentParser) -> None:
+    from .prove.command import add_arguments
+    add_arguments(p)
+
+
 SUBCOMMANDS = {  # name -> (help, arguments, handler)
     "build": ("build (and push) one target's image", _build_arguments, cmd_build),
     "render": ("regenerate Dockerfile.<target> and serve_defaults/ from templates/ and matrix.toml",
@@ -303,6 +327,8 @@ SUBCOMMANDS = {  # name -> (help, arguments, handler)
                        help="host port on 127.0.0.1 for the server (1-65535, free; default 8000)")), cmd_demo),
     "verify": ("verify a running deployment: MTP fires, acceptance, no corrupted output", _verify_arguments,
                cmd_verify),
+    "prove": ("execute the sm images' claims as far as vLLM's code, CMake and nvcc go without a GPU",
+              _prove_arguments, cmd_prove),
     "repro": ("build twice without the layer cache and compare bit for bit",
               lambda p: p.add_argument("--arch", type=ARCH, default="cpu"), cmd_repro),
     "matrix": ("list the targets, or the CI matrix as JSON", lambda p: (

@@ -152,6 +152,31 @@ class Thresholds(_Table):
     max_error_rate: Fraction
 
 
+class ProveDevice(_Table):
+    capability: Text
+    name: Text
+    memory_mib: Positive
+
+
+class ProveKernel(_Table):
+    source: Text
+    archs: Text
+    sass: Text
+
+
+class Prove(_Table):
+    """What `build.py prove` states to vLLM for this target, and what it runs (see matrix.toml)."""
+    requirements: Strings
+    toolchain: Strings
+    gpus: Positive
+    nvlink: bool
+    devices: Annotated[tuple[ProveDevice, ...], Field(strict=False, min_length=1)]
+    max_speculative_tokens: NonNegative
+    kernel: ProveKernel
+    flashinfer_prebuilt: Strings
+    flashinfer_cubins_baked: bool
+
+
 class CI(_Table):
     build_runner: Text
     verify_runner: Text | None = None
@@ -173,6 +198,7 @@ class Target(_Table):
     vllm: Vllm
     patches: Annotated[tuple[Patch, ...], Field(strict=False)] = ()
     tiny_model: TinyModel | None = None
+    prove: Prove | None = None
     serve: Serve
     thresholds: Thresholds
 
@@ -201,6 +227,11 @@ class Target(_Table):
         if self.vllm.source == "sdist":
             paths["build"] = f"locks/{self.name}.build.txt"
         return paths
+
+    @property
+    def lock_files(self) -> dict[str, str]:
+        """Every lock this target has: the image's, and prove's (which no image installs)."""
+        return {**self.lock_paths, **({"prove": f"locks/{self.name}.prove.txt"} if self.prove else {})}
 
     @property
     def version_tag(self) -> str:

@@ -27,7 +27,7 @@ from . import download as downloads
 from .errors import UserError
 
 PYPI_SIMPLE = os.environ.get("DSV4_PYPI_SIMPLE_URL", "https://pypi.org/simple")
-DEFAULT_SERVER_PORT = int(os.environ.get("DSV4_WHEEL_SERVER_PORT", "38071"))
+DEFAULT_SERVER_PORT = 38071  # $DSV4_WHEEL_SERVER_PORT overrides it (checked by the CLI before a build)
 LEGACY_MANYLINUX = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
 
 
@@ -141,13 +141,13 @@ class LoopbackIndex:
     Extra files (e.g. the vLLM sdist) are served under /files/ too.
     """
 
-    def __init__(self, files: list[LockedFile], extra: dict[str, Path] | None = None, port: int = DEFAULT_SERVER_PORT):
+    def __init__(self, files: list[LockedFile], extra: dict[str, Path] | None = None, port: int | None = None):
         self.by_project: dict[str, list[LockedFile]] = {}
         self.paths: dict[str, Path] = dict(extra or {})
         for f in files:
             self.by_project.setdefault(f.project, []).append(f)
             self.paths[f.filename] = f.path
-        self.port = port
+        self.port = port or int(os.environ.get("DSV4_WHEEL_SERVER_PORT", DEFAULT_SERVER_PORT))
         self._server: ThreadingHTTPServer | None = None
 
     @property

@@ -68,12 +68,14 @@ ACCEPTED = {  # (subcommand, flag) -> (hostile keys accepted, why)
     ("verify", "--json"): (WRITABLE_PATH, "any file path that can be written (relative ones under the working "
                                           "directory; Linux takes any byte but NUL and '/' in a name)"),
     ("verify", "--temperature"): ({"zero", "minus-zero"}, "0 is greedy sampling"),
+    ("prove", "--report"): (WRITABLE_PATH, "any file path that can be written"),
     ("verify", "--concurrency"): ({"padded"}, "spaces around a level are allowed (' 8 ' is 8)"),
     **{("verify", f"--{t}-timeout"): ({"fraction"}, "2.5 seconds") for t in ("connect", "first-byte", "request", "run")},
 }
 BASES = {  # valid invocations per subcommand, to each of which one hostile flag is added (default: [name])
     "build": [["build", "--arch", "cpu", "--dry-run"], ["build", "--arch", "cpu"]],   # plan only; then the daemon
     "lock": [["lock"]], "verify": [["verify", "--url", "http://127.0.0.1:9"]],
+    "prove": [["prove", "--arch", "sm120"]],   # prove's run is a tripwire: its arguments are checked before it
 }
 
 
@@ -94,8 +96,9 @@ def tripwires(monkeypatch, tmp_path):
     monkeypatch.setattr(server, "describe", trip("the network (verify)"))
     monkeypatch.setattr(socket, "create_connection", trip("the network"))
     monkeypatch.setattr(digests, "main", trip("the network (registry)"))
+    from dsv4_images.prove import command as prove_command
     for module, name in ((locks, "write_locks"), (locks, "write_dev_lock"), (render, "write"),
-                         (patches, "check_targets"), (repro, "main")):
+                         (patches, "check_targets"), (repro, "main"), (prove_command, "run")):
         monkeypatch.setattr(module, name, trip(f"{module.__name__}.{name}"))
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")
@@ -180,7 +183,8 @@ def test_every_flag_of_every_subcommand_with_hostile_values(tripwires, report):
 ENV_READ = re.compile(r"""(?:environ\.get|env\.get|getenv)\(\s*["']([A-Z][A-Z0-9_]+)["']|env\[["']([A-Z][A-Z0-9_]+)["']\]""")
 NOT_OURS = {"DOCKER_HOST": "read by the Docker SDK when connecting: a bad one is one line (test_cli.py)",
             "TESTCONTAINERS_RYUK_DISABLED": "set by us for testcontainers, not read",
-            "HF_TOKEN": "passed through (compose); not read by the command line"}
+            "HF_TOKEN": "passed through (compose); not read by the command line",
+            "PATH": "prove prepends its toolchain to it; never parsed"}
 
 
 def variables_read(paths) -> set[str]:
@@ -193,7 +197,7 @@ def variables_read(paths) -> set[str]:
 
 def test_the_cli_checks_every_variable_it_reads():
     host_side = [p for p in (REPO_ROOT / "dsv4_images").rglob("*.py") if "in_image" not in p.parts
-                 and "deploy" not in p.parts]
+                 and "deploy" not in p.parts and "worker" not in p.parts]  # prove's worker runs in its own venv
     read = variables_read(host_side) - set(NOT_OURS)
     assert read <= set(cli.ENVIRONMENT), f"read but not checked: {sorted(read - set(cli.ENVIRONMENT))}"
 

@@ -1,0 +1,86 @@
+"""What prove needs to know about one target, read from the matrix in one place (`from_target`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import REPO_ROOT
+from ..errors import UserError
+from ..download import CACHE
+
+CACHE_DIR = CACHE / "prove"
+FIXTURE_MODEL = REPO_ROOT / "tests" / "fixtures" / "models" / "dsv4-flash-nvfp4-fp8-mtp"
+ARCHS_DIR = REPO_ROOT / "archs"
+
+
+@dataclass(frozen=True)
+class Device:
+    capability: str
+    name: str
+    memory_mib: int
+
+
+@dataclass(frozen=True)
+class Kernel:
+    source: str  # a vLLM source file, relative to the sdist
+    archs: str   # the CMake variable holding its arch list
+    sass: str    # the SASS cuobjdump must find, e.g. sm_120f
+
+
+@dataclass(frozen=True)
+class ProveTarget:
+    name: str
+    target: object  # the matrix Target, handed back to sources.fetch_sdist and patches.apply_series
+    python: str
+    vllm_version: str
+    cuda: str
+    torch_cuda_arch_list: str
+    flashinfer_version: str
+    flashinfer_cuda_arch_list: str
+    runtime_lock: Path
+    prove_lock: Path
+    toolchain: tuple[str, ...]  # requirement names from the prove lock installed as CUDA_HOME
+    patches: tuple[tuple[str, str], ...]  # (file, sha256)
+    serve_defaults: Path
+    runtime_packages: tuple[str, ...]
+    gpus: int
+    nvlink: bool
+    devices: tuple[Device, ...]
+    max_speculative_tokens: int
+    kernel: Kernel
+    flashinfer_prebuilt: tuple[str, ...]
+    flashinfer_cubins_baked: bool
+
+    @property
+    def archs_file(self) -> Path:
+        return ARCHS_DIR / f"{self.name}.txt"
+
+
+def _requirement_name(spec: str) -> str:
+    return spec.split("=")[0].split(">")[0].split("<")[0].split("[")[0].strip().lower().replace("_", "-")
+
+
+def from_target(target) -> ProveTarget:
+    """The adapter: the only place prove reads the matrix."""
+    if target.prove is None or not target.is_cuda:
+        raise UserError(f"target {target.name} has no [targets.{target.name}.prove] table; prove covers the sm targets",
+                        exit_code=2)
+    tc, prove, vllm = target.toolchain, target.prove, target.vllm
+    return ProveTarget(
+        name=target.name, target=target, python=tc.python, vllm_version=vllm.version, cuda=tc.cuda,
+        torch_cuda_arch_list=tc.torch_cuda_arch_list, flashinfer_version=tc.flashinfer,
+        flashinfer_cuda_arch_list=tc.flashinfer_cuda_arch_list,
+        runtime_lock=REPO_ROOT / target.lock_paths["runtime"],
+        prove_lock=REPO_ROOT / target.lock_files["prove"],
+        toolchain=tuple(_requirement_name(r) for r in prove.toolchain),
+        patches=tuple((p.file, p.sha256) for p in target.patches),
+        serve_defaults=REPO_ROOT / target.serve_defaults_path,
+        runtime_packages=tuple(tc.runtime_packages),
+        gpus=prove.gpus, nvlink=prove.nvlink,
+        devices=tuple(Device(d.capability, d.name, d.memory_mib) for d in prove.devices),
+        max_speculative_tokens=prove.max_speculative_tokens,
+        kernel=Kernel(source=prove.kernel.source, archs=prove.kernel.archs, sass=prove.kernel.sass),
+        flashinfer_prebuilt=tuple(prove.flashinfer_prebuilt),
+        flashinfer_cubins_baked=prove.flashinfer_cubins_baked,
+    )

@@ -1,0 +1,127 @@
+"""build.py prove for real: prove's cached environment (the sm lock + the vLLM wheel + the CUDA 13.0
+toolchain from PyPI, ~8 GB the first time), vLLM's engine config, vLLM's CMake configure, nvcc and
+cuobjdump. Each check is shown to pass on what the matrix says and to fail on a broken input.
+Timings go to reports/test-figures.json, never into assertions."""
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dsv4_images import REPO_ROOT, matrix, patches
+from dsv4_images.errors import UserError
+from dsv4_images.prove import archs, engine, env, kernel, report, runtime, settings
+from tests.conftest import need
+
+pytestmark = [pytest.mark.network, pytest.mark.slow]
+M = matrix.load()
+TINY_CU = "__global__ void k(float *x) { x[threadIdx.x] *= 2.0f; }\n"
+
+
+def target(name):
+    return settings.from_target(M.resolve(name))
+
+
+@pytest.fixture(scope="module")
+def prove_env():
+    pt = target("sm120")
+    try:
+        env.find_python(pt.python)
+    except UserError as exc:
+        need(False, str(exc))
+    return env.ensure(pt, progress=lambda _: None)
+
+
+def test_prove_sm120_end_to_end(tmp_path, report):
+    out = tmp_path / "sm120.json"
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "build.py", "prove", "--arch", "sm120", "--report", str(out)],
+                            cwd=REPO_ROOT, capture_output=True, text=True)
+    data = json.loads(out.read_text())
+    report["prove_sm120_seconds"] = {"wall": round(time.monotonic() - started, 1), **data["steps_seconds"]}
+    status = {line["name"]: line["status"] for line in data["lines"]}
+    assert result.returncode == (0 if data["ok"] else 1) and "prove sm120:" in result.stdout
+    must_pass = ["env", "entrypoint.reject.TENSOR_PARALLEL_SIZE=abc", "engine.platform@12.0", "engine.default",
+                 "engine.NUM_SPECULATIVE_TOKENS=0", "engine.reject.KV_CACHE_DTYPE=fp9",
+                 "engine.reject.unknown flag --no-such-flag", "engine.reject.MAX_MODEL_LEN=2097152",
+                 "engine.reject.TENSOR_PARALLEL_SIZE=8", "engine.reject.MAX_NUM_SEQS=4096 MAX_NUM_BATCHED_TOKENS=1024",
+                 "ours.reject.NUM_SPECULATIVE_TOKENS=2", "ours.reject.--cudagraph-capture-sizes 3 5",
+                 "schemes.attention.fused_wqa_wkv", "schemes.experts.gate_proj", "schemes.patch-0001",
+                 "schemes.mtp-block", "schemes.indexer", "backends.attention@12.0", "archs.configure", "archs.table",
+                 "archs.MARLIN_MOE_ARCHS", "kernel.compile", "kernel.sass"]
+    assert {name: status.get(name) for name in must_pass} == {name: "PASS" for name in must_pass}
+    pt = target("sm120")
+    has_cc = bool(runtime.has(pt, runtime.C_COMPILERS)) and f"python{pt.python}-dev" in pt.runtime_packages
+    assert status["runtime.triton-launcher"] == ("PASS" if has_cc else "FAIL")
+    assert status["runtime.nvcc-host-compiler"] == ("PASS" if runtime.has(pt, runtime.CXX_COMPILERS) else "FAIL")
+    for module in ("sparse_mla_sm120", "fused_moe_120", "sampling"):
+        assert status[f"runtime.flashinfer.{module}@12.0"] == ("PASS" if module in pt.flashinfer_prebuilt else "FAIL")
+    assert "runtime.pip-check" in status and status["runtime.fetch.huggingface"] == "INFO"
+
+
+def test_the_sm100_arch_table_matches_and_its_kernel_is_sm_100f(tmp_path, report):
+    pt = target("sm100")
+    environment = env.ensure(pt, progress=lambda _: None)
+    r = report_for(pt)
+    started = time.monotonic()
+    configured = archs.configure(r, environment, pt, tmp_path / "cmake", progress=lambda _: None)
+    archs.judge(r, pt, configured)
+    configured_at = time.monotonic()
+    obj = kernel.compile_one(r, environment, pt, configured)
+    kernel.judge_sass(r, environment, obj, "sm_100f")
+    report["prove_sm100_archs_kernel_seconds"] = {"configure": round(configured_at - started, 1),
+                                                  "kernel": round(time.monotonic() - configured_at, 1)}
+    assert {x.name: x.status for x in r.lines} == {"archs.configure": "PASS", "archs.table": "PASS",
+                                                   "archs.FP4_SM100_ARCHS": "PASS", "kernel.compile": "PASS",
+                                                   "kernel.sass": "PASS"}, r.table()
+
+
+def test_a_refused_setting_and_a_series_without_0001_fail(prove_env, tmp_path, report):
+    pt = target("sm120")
+    tree = shutil.copytree(prove_env.pristine, tmp_path / "tree")
+    without_0001 = [(p.name, p) for p in (REPO_ROOT / f for f, _ in pt.patches) if not p.name.startswith("0001")]
+    patches.apply_series(pt.target, tree, patch_files=without_0001)
+    source = tree / "vllm/model_executor/layers/quantization/compressed_tensors/compressed_tensors.py"
+    r = report_for(pt)
+    started = time.monotonic()
+    engine.run(r, prove_env, pt, [engine.Case("default"), engine.Case("your settings", {"KV_CACHE_DTYPE": "fp9"})],
+               tmp_path, patched_source=source)
+    report["prove_engine_two_cases_seconds"] = round(time.monotonic() - started, 1)
+    lines = {x.name: x for x in r.lines}
+    assert lines["engine.default"].status == "PASS"
+    assert lines["engine.your settings"].status == "FAIL"
+    assert "Invalid kv_cache_dtype: 'fp9'" in lines["engine.your settings"].detail
+    assert lines["schemes.patch-0001"].status == "FAIL"
+    assert "is_static_input_scheme None unpatched -> None patched" in lines["schemes.patch-0001"].detail
+    assert lines["schemes.mtp-block"].status == "PASS"  # 0002 is installed in prove's venv
+
+
+@pytest.mark.parametrize("built,verdict", [("sm_120f", "PASS"), ("sm_120a", "FAIL"), ("sm_100f", "FAIL")])
+def test_an_object_of_the_wrong_arch_fails_the_sass_check(prove_env, tmp_path, built, verdict):
+    src = tmp_path / "tiny.cu"
+    src.write_text(TINY_CU)
+    obj = tmp_path / "tiny.o"
+    gencode = f"arch={built.replace('sm_', 'compute_')},code={built}"
+    subprocess.run([str(prove_env.tool("nvcc")), "-c", "-gencode", gencode, str(src), "-o", str(obj)],
+                   env=prove_env.run_env(), check=True, capture_output=True)
+    r = report_for(target("sm120"))
+    kernel.judge_sass(r, prove_env, obj, "sm_120f")
+    assert r.lines[0].status == verdict and built in r.lines[0].detail
+
+
+def test_a_runtime_with_compilers_gets_them_executed(prove_env, tmp_path):
+    pt = target("sm120")
+    full = dataclasses.replace(pt, runtime_packages=(*pt.runtime_packages, "build-essential", "python3.12-dev"))
+    r = report_for(full)
+    runtime.c_launcher(r, prove_env, full, tmp_path)
+    runtime.nvcc_host_compiler(r, prove_env, full, tmp_path, "arch=compute_120f,code=sm_120f")
+    assert [x.status for x in r.lines] == ["PASS", "PASS"], r.table()
+    assert "cuInit answered 34" in r.lines[0].detail and (tmp_path / "trivial").is_file()
+
+
+def report_for(pt):
+    return report.Report(pt.name)
