@@ -86,7 +86,16 @@ def _broken(tmp_path: Path, old: str, new: str, count: int = 1) -> Path:
     ('build = "nvidia/cuda:13.0.3-devel-ubuntu24.04@sha256:', 'build = "nvidia/cuda:13.0.3-devel-ubuntu24.04#sha256:',
      "targets.sm100.base.build"),
     ('kind = "cuda"', 'kind = "rocm"', "targets.sm100.kind"),
-    ('max_jobs = 16', 'max_jobz = 16', "targets.sm100.vllm.max_jobz"),
+    ('job_memory_gib = 9', 'job_memory_gb = 9', "targets.sm100.vllm.compile.job_memory_gib"),
+    ('source = "wheel"\nsources', 'source = "wheels"\nsources', "targets.sm100.vllm.source"),
+    ('gcc_min = 13', 'gcc_min = 0', "targets.sm100.vllm.compile.gcc_min"),
+    ('ref_in = "CMakeLists.txt"', 'ref_in = "/CMakeLists.txt"', 'externals."vllm-0.33.0".pins[0].ref_in'),
+    ('commit = "cb4247394dd82148787aed73e5dc7cef33cbf862"', 'commit = "cb42473"', 'externals."vllm-0.33.0".pins[0].commit'),
+    ('path = "third-party/cutlass"', 'path = "third-party/cutlass"\nenv = "X_SRC_DIR"', "deepgemm/third-party/cutlass"),
+    ('env = "QUTLASS_SRC_DIR"', 'env = "QUTLASS_SRC_DIR"\ncmake_arg = "FETCHCONTENT_SOURCE_DIR_QUTLASS"', "(qutlass)"),
+    ('parent = "flashkda"', 'parent = "flashkda/cutlass"', "flashkda/cutlass"),
+    ('externals = "vllm-0.33.0"', 'externals = "vllm-0.34.0"', "targets.sm100.vllm.externals"),
+    ('accepted_unmet = ["torch",', 'accepted_unmet = ["numpy", "torch",', "targets.cpu.vllm.accepted_unmet"),
     ('extends = "sm100"', 'extends = "sm999"', "targets.sm120.extends"),
 ])
 def test_a_bad_entry_is_a_clear_error_naming_the_key(tmp_path, old, new, key):
