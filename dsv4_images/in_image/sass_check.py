@@ -171,8 +171,12 @@ def extensions_in(source: Path, workdir: Path) -> dict[str, Path]:
 
 
 def find_cuobjdump(given: str | None) -> str:
-    for candidate in (given, shutil.which("cuobjdump"), os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"),
-                                                                     "bin", "cuobjdump")):
+    if given:
+        if not os.access(given, os.X_OK):
+            raise CannotJudge(f"{given} is not an executable cuobjdump")
+        return given
+    for candidate in (shutil.which("cuobjdump"), os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"),
+                                                            "bin", "cuobjdump")):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     raise CannotJudge("cuobjdump not found (install the CUDA toolkit's cuobjdump, or pass --cuobjdump)")
