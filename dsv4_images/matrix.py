@@ -114,7 +114,7 @@ class Compile(_Table):
 class Sass(_Table):
     """What the build checks with cuobjdump in vLLM's extensions, whichever way vLLM came."""
     required: Strings               # wheel members that must hold SASS for every compute capability
-    check_packages: Strings         # apt, wheel check stage: cuobjdump (the devel base has it)
+    check_packages: Strings         # apt: cuobjdump, for the stages that run the check
 
 
 class Vllm(_Table):
@@ -167,7 +167,7 @@ class External(_Table):
     parent: PinName | None = None
     path: RelPath | None = None
     unresolved: Text | None = None  # why a value is missing (what this machine could not reach)
-    sources: Strings = ()           # where each resolved value came from
+    evidence: Strings = ()          # where each resolved value came from
 
     @property
     def missing(self) -> list[str]:

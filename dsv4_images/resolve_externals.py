@@ -173,10 +173,10 @@ def set_pin_values(text: str, table: str, name: str, values: dict[str, str], not
             last += 1
             block.insert(last, f"{key} = {json.dumps(value)}\n")
         keys = {re.match(r"^(\w+)\s*=", line).group(1): i for i, line in enumerate(block) if re.match(r"^\w+\s*=", line)}
-        sources = json.loads(block[keys["sources"]].split("=", 1)[1]) if "sources" in keys else []
-        entry = f"sources = {json.dumps(sources + [note])}\n"
-        if "sources" in keys:
-            block[keys["sources"]] = entry
+        evidence = json.loads(block[keys["evidence"]].split("=", 1)[1]) if "evidence" in keys else []
+        entry = f"evidence = {json.dumps(evidence + [note])}\n"
+        if "evidence" in keys:
+            block[keys["evidence"]] = entry
         else:
             block.insert(max(keys.values()) + 1, entry)
         block = [line for line in block if not line.startswith("unresolved =")]

@@ -309,7 +309,7 @@ def test_resolve_fills_commits_trees_and_tar_hashes_from_github(fake_github, tmp
     tar = subprocess.run(["git", "archive", "--format=tar", f"--prefix=sub-{sub.commit}/", sub.commit],
                          cwd=fake_github["gh"] / "acme" / "sub", capture_output=True, check=True).stdout
     assert sub.tar_sha256 == hashlib.sha256(tar).hexdigest()
-    assert "resolved by build.py resolve-externals" in parent.sources[-1]
+    assert "resolved by build.py resolve-externals" in parent.evidence[-1]
     assert "# a comment that belongs to the next pin" in path.read_text()
     assert lines[-1] == "resolve-externals: 2 pins filled in matrix.toml; run `python build.py render`"
     again = []

@@ -107,7 +107,7 @@ def test_what_each_stage_is_given(target):
     assert sum(check in r for r in runs(text, "vllm-compile") + runs(text, "vllm-from-wheel")) == 2
     assert "sass_check.py" not in "".join(a for _, kw, a, _ in instructions(text) if kw in ("COPY", "ADD"))
     tools = next(r for r in runs(text, "build-tools") if "apt-get install" in r)
-    assert all(p in tools.split() for p in t.vllm.compile.packages)
+    assert all(p in tools.split() for p in t.vllm.compile.packages + t.vllm.sass.check_packages)
     wheel_stage = runs(text, "vllm-from-wheel")
     assert all(p in wheel_stage[0].split() for p in t.vllm.sass.check_packages)
     assert f"--mount=type=bind,source={t.lock_paths['wheel']}" in wheel_stage[1]

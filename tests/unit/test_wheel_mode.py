@@ -17,6 +17,13 @@ pytestmark = pytest.mark.network
 M = matrix.load()
 
 
+def _free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _cuobjdump() -> str | None:
     try:
         import nvidia  # nvidia-cuda-cuobjdump (requirements/dev.in) installs nvidia/cu13/bin/cuobjdump
@@ -85,3 +92,22 @@ def test_the_sass_check_would_fail_the_wheel_for_an_arch_it_does_not_carry(wheel
     assert result.returncode == 1
     assert "error: vllm/_flashmla_C.abi3.so has no SASS that runs on compute capability 12.0 (it holds sm_100f, sm_90a)" \
         in result.stderr
+
+
+def test_the_stage_s_pip_download_gets_the_wheel_from_build_py_s_loopback_index(wheel, tmp_path, report):
+    """The vllm-from-wheel stage's own pip command, run here against the index build.py serves for the build."""
+    from dsv4_images import render
+    from tests.support.fetch_lint import instructions
+    t = M.resolve("sm120")
+    step = next(a for _, kw, a, s in instructions(render.render_dockerfile(M, t)) if kw == "RUN" and s == "vllm-from-wheel"
+                and "pip download" in a)
+    command = step.split(" pip download ", 1)[1].replace("/tmp/wheel-requirements.txt", str(REPO_ROOT / t.lock_paths["wheel"]))
+    command = command.replace("-d /dist", f"-d {tmp_path}/dist").split(" && ")[0]
+    files = wheelhouse.resolve_lock(REPO_ROOT / t.lock_paths["wheel"], t.toolchain.python, t.toolchain.wheel_platform)
+    started = time.monotonic()
+    with wheelhouse.LoopbackIndex(files, port=_free_port()) as index:
+        result = subprocess.run(f'{sys.executable} -m pip download -q {command}', shell=True, capture_output=True, text=True,
+                                env={"PIP_INDEX_URL": f"{index.url}/simple", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    report["wheel mode: the stage's pip download from the loopback index (s)"] = round(time.monotonic() - started, 1)
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in (tmp_path / "dist").iterdir()] == ["vllm-0.33.0-cp38-abi3-manylinux_2_28_x86_64.whl"]
