@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import tarfile
 import threading
+import urllib.error
 import zipfile
 from functools import partial
 from pathlib import Path
@@ -334,3 +335,19 @@ def test_without_github_it_says_so_in_one_line(tmp_path):
         resolve_externals.main(M, lambda _: None, base=f"file://{tmp_path}/nowhere")
     assert "\n" not in str(exc.value) and str(exc.value).startswith("cannot reach file://")
     assert "resolve-externals` where github.com is reachable" in str(exc.value)
+
+
+def test_build_py_serves_verified_archives_to_the_build_under_githubs_layout(tmp_path):
+    import socket
+    import urllib.request
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(b"tgz")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    pin = SM.external("qutlass")
+    with wheelhouse.LoopbackIndex([], {f"{externals.MIRROR_PREFIX}/{pin.archive}": archive}, port=port) as index:
+        url = f"{index.url}/files/{externals.MIRROR_PREFIX}/{pin.archive}"  # = ${VLLM_EXTERNALS_URL}/<repo>/archive/...
+        assert urllib.request.urlopen(url, timeout=10).read() == b"tgz"
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"{index.url}/files/{externals.MIRROR_PREFIX}/other/archive/x.tar.gz", timeout=10)
