@@ -7,7 +7,7 @@ import time
 
 from docker.errors import APIError, DockerException
 
-from . import REPO_ROOT, base, buildkit, publish, render, reproducible, wheelhouse
+from . import REPO_ROOT, base, buildkit, externals, publish, render, reproducible, wheelhouse
 from .errors import UserError
 from .matrix import Matrix
 from .plan import BuildPlan
@@ -19,23 +19,28 @@ def execute(client, matrix: Matrix, plan: BuildPlan, emit=print) -> buildkit.Bui
     drifted = render.check(matrix)
     if drifted:
         raise UserError(f"{', '.join(drifted)} differ from templates/ and matrix.toml: run `python build.py render`")
-    target, epoch = plan.target, plan.provenance.epoch
+    target, epoch, mode = plan.target, plan.provenance.epoch, plan.vllm_source
+    if mode == "sdist" and target.unresolved_externals():  # the Dockerfile would refuse too, later
+        raise UserError(target.unresolved_externals())
     runtime_base = base.ensure_base(client, target, emit)
     args = dict(plan.build_args, RUNTIME_BASE=runtime_base)
     if runtime_base != target.base.runtime:
         args["BUILD_BASE"] = runtime_base
-    files = [f for rel in target.lock_paths.values()
+    files = [f for rel in target.locks_for(mode).values()
              for f in wheelhouse.resolve_lock(REPO_ROOT / rel, target.toolchain.python, target.toolchain.wheel_platform)]
     size = wheelhouse.fetch(files, progress=emit)
     emit(f"packages: {len(files)} locked files ({size / 1e9:.2f} GB) verified in {wheelhouse.downloads.CACHE / 'files'}")
     extra = {}
-    if target.vllm.source == "sdist":
+    if mode == "sdist" and target.vllm.sdist_url:
         sdist = fetch_sdist(target, progress=emit)
         extra[sdist.name] = sdist
+        extra.update(externals.fetch_all(target, progress=emit))
     with wheelhouse.LoopbackIndex(files, extra) as index:
         args["PIP_INDEX_URL"] = f"{index.url}/simple"
         if extra:
-            args["VLLM_SDIST_URL"] = f"{index.url}/files/{next(iter(extra))}"
+            args["VLLM_SDIST_URL"] = f"{index.url}/files/{sdist.name}"
+            if target.externals:
+                args["VLLM_EXTERNALS_URL"] = f"{index.url}/files/{externals.MIRROR_PREFIX}"
         context = buildkit.context_tar(REPO_ROOT, plan.context_files, epoch)
         emit(f"building {plan.tags[0]} from {plan.dockerfile} ({len(context) / 1e3:.0f} kB context)")
         started = time.monotonic()

@@ -1,7 +1,8 @@
 """The `dsv4-images` command line (also `python build.py`): one subcommand per job, each with its own --help.
 
     dsv4-images build --arch ARCH [--push] [--tag T]... [--dry-run] ...
-    dsv4-images render|lock|patches|base|demo|verify|repro|matrix|resolve-digests ...
+    dsv4-images build --arch ARCH [--vllm wheel|sdist] ...
+    dsv4-images render|lock|patches|base|demo|verify|repro|matrix|resolve-digests|resolve-externals ...
     python build.py --arch sm_103a --push      (no subcommand: `build`, as the design promises)
 
 Every expected failure is one line on stderr (`error: ...`) and a non-zero exit, never a traceback;
@@ -155,7 +156,7 @@ def cmd_build(args) -> int:
     m = _matrix()
     build = plan.make(m, m.resolve(args.arch), provenance.current(), image=args.image, owner=args.owner,
                       tags=args.tag, push=args.push, no_cache=args.no_cache, unpatched=args.unpatched,
-                      reproducible=args.reproducible or None)
+                      reproducible=args.reproducible or None, vllm=args.vllm)
     if args.dry_run:
         _say(build.as_json() if args.json else build.describe())
         return 0
@@ -257,6 +258,11 @@ def cmd_resolve_digests(args) -> int:
     return digests.main(_matrix(), emit=_say)
 
 
+def cmd_resolve_externals(args) -> int:
+    from . import resolve_externals
+    return resolve_externals.main(matrix.load(), emit=_say)
+
+
 # ---- the parser ---------------------------------------------------------------------------------
 
 ARCH = inputs.flag(inputs.word)
@@ -294,6 +300,8 @@ def _build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reproducible", action="store_true",
                    help="rewrite timestamps to SOURCE_DATE_EPOCH after the build (always on with --push)")
     p.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
+    p.add_argument("--vllm", choices=["wheel", "sdist"],
+                   help="get vLLM from PyPI's locked wheel or compile the pinned sdist (default: the target's, see matrix.toml)")
 
 
 def _verify_arguments(p: argparse.ArgumentParser) -> None:
@@ -337,6 +345,8 @@ SUBCOMMANDS = {  # name -> (help, arguments, handler)
         p.add_argument("--compact", action="store_true", help="with --json: one line (for $GITHUB_OUTPUT)")), cmd_matrix),
     "resolve-digests": ("re-check the pinned base digests against the registry (where one is reachable)",
                         lambda p: None, cmd_resolve_digests),
+    "resolve-externals": ("fill in the commit and sha256 of every source vLLM's CMake fetches (where github.com is "
+                          "reachable)", lambda p: None, cmd_resolve_externals),
 }
 
 

@@ -28,7 +28,10 @@ def lock_inputs(target: Target, kind: str) -> dict:
     if kind == "prove":  # listed in full and resolved without dependencies (see matrix.toml)
         return {"kind": kind, "python": tc.python, "platform": tc.wheel_platform, "no_deps": True,
                 "requirements": list(target.prove.requirements) + list(target.prove.toolchain)}
-    if vllm.source == "sdist":
+    if kind == "wheel":  # vLLM's own wheel, without its dependencies (the runtime lock holds those)
+        return {"kind": kind, "python": tc.python, "platform": tc.wheel_platform, "no_deps": True,
+                "requirements": [vllm.wheel_requirement]}
+    if vllm.sdist_url:
         files = vllm.requirements if kind == "runtime" else vllm.build_requirements
         requirements = {"sdist_sha256": vllm.sdist_sha256, "files": list(files)}
     else:
@@ -51,7 +54,7 @@ def _uv() -> str:
 
 def compile_lock(target: Target, kind: str, workdir: Path) -> str:
     inputs = lock_inputs(target, kind)
-    if kind != "prove" and target.vllm.source == "sdist":
+    if "files" in inputs:
         source_root = extract(fetch_sdist(target), workdir, members_under="requirements")
         inputs_files = [str(source_root / f) for f in inputs["files"]]
     else:
@@ -80,8 +83,10 @@ def check_pins(target: Target, text: str, path: str) -> None:
     wanted = {"torch": target.toolchain.torch}
     if target.is_cuda:
         wanted["flashinfer-python"] = target.toolchain.flashinfer
-    if target.vllm.source == "wheel":
+    if target.vllm.package:
         wanted[target.vllm.package] = target.vllm.version
+    if target.vllm.wheel_requirement:
+        wanted["vllm"] = target.vllm.version
     for name, version in wanted.items():
         m = re.search(rf"^{re.escape(name)}==(\S+)", text, re.M)
         if m and m.group(1) != version:

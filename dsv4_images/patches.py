@@ -71,15 +71,17 @@ def apply_patch(patch_path: Path, tree: Path, name: str) -> list[str]:
     return patched
 
 
-def pristine_tree(target: Target, dest: Path, progress=print) -> Path:
-    """An unpacked copy of what the target's patches apply to."""
-    if target.vllm.source == "sdist":
+def pristine_tree(target: Target, dest: Path, progress=print, mode: str | None = None) -> Path:
+    """An unpacked copy of what the target's patches apply to, for one way of getting vLLM (default: the
+    target's own): the sdist, or the locked wheel (its own wheel lock, else the runtime lock's package)."""
+    if (mode or target.vllm.source) == "sdist":
         return extract(fetch_sdist(target, progress), dest)
-    runtime_lock = target.lock_paths["runtime"]
-    lock = wheelhouse.resolve_lock(REPO_ROOT / runtime_lock, target.toolchain.python, target.toolchain.wheel_platform)
-    wheel = next((f for f in lock if f.project == target.vllm.package), None)
+    lock_rel = target.lock_paths.get("wheel", target.lock_paths["runtime"])
+    package = target.vllm.package or "vllm"
+    lock = wheelhouse.resolve_lock(REPO_ROOT / lock_rel, target.toolchain.python, target.toolchain.wheel_platform)
+    wheel = next((f for f in lock if f.project == package), None)
     if wheel is None:
-        raise UserError(f"{runtime_lock} does not lock {target.vllm.package}")
+        raise UserError(f"{lock_rel} does not lock {package}")
     path = wheelhouse.download(wheel)
     root = dest / "site-packages"
     with zipfile.ZipFile(path) as zf:
@@ -88,7 +90,8 @@ def pristine_tree(target: Target, dest: Path, progress=print) -> Path:
     return root
 
 
-def apply_series(target: Target, tree: Path, patch_files: list[tuple[str, Path]] | None = None) -> list[str]:
+def apply_series(target: Target, tree: Path, patch_files: list[tuple[str, Path]] | None = None,
+                 label: str | None = None) -> list[str]:
     """Apply the target's series (or the given (name, path) list) in order; returns report lines."""
     lines = []
     series = patch_files if patch_files is not None else \
@@ -97,7 +100,7 @@ def apply_series(target: Target, tree: Path, patch_files: list[tuple[str, Path]]
         text = path.read_text()
         check_policy(name, text)
         patched = apply_patch(path, tree, name)
-        lines.append(f"{target.name}: {name} applies cleanly ({', '.join(patched)})")
+        lines.append(f"{label or target.name}: {name} applies cleanly ({', '.join(patched)})")
     return lines
 
 
@@ -107,7 +110,9 @@ def check_targets(targets: list[Target], progress=print) -> list[str]:
         if not target.patches:
             lines.append(f"{target.name}: no patches")
             continue
-        with tempfile.TemporaryDirectory(prefix=f"dsv4-patches-{target.name}-") as tmp:
-            tree = pristine_tree(target, Path(tmp), progress)
-            lines += apply_series(target, tree)
+        for mode in target.vllm.modes:  # the patches must apply to vLLM whichever way it comes
+            with tempfile.TemporaryDirectory(prefix=f"dsv4-patches-{target.name}-") as tmp:
+                tree = pristine_tree(target, Path(tmp), progress, mode)
+                label = f"{target.name} ({mode})" if len(target.vllm.modes) > 1 else None
+                lines += apply_series(target, tree, label=label)
     return lines

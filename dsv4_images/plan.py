@@ -13,6 +13,46 @@ from .matrix import Matrix, Target
 from .provenance import Provenance
 
 
+def stages(target: Target, vllm_source: str) -> list[str]:
+    """The stages BuildKit builds for the image when vLLM comes this way, in dependency order."""
+    tail = ["vllm-install", "patched", "image"]
+    if not target.vllm.separate_dist:
+        return ["runtime-deps", *tail]
+    if vllm_source == "wheel":
+        return ["runtime-deps", "vllm-from-wheel", "vllm-dist", *tail]
+    return ["build-tools", "build-env", "vllm-source", "vllm-externals", "vllm-compile", "vllm-from-sdist",
+            "vllm-dist", "runtime-deps", *tail]
+
+
+def fetches(target: Target, vllm_source: str) -> list[str]:
+    """What build.py downloads and verifies before the build (the build gets nothing else)."""
+    out = list(target.locks_for(vllm_source).values())
+    if vllm_source == "sdist" and target.vllm.sdist_url:
+        out.append(target.vllm.sdist_filename)
+        if target.externals:
+            out.append(f"{len(target.externals)} external source archives")
+    return out
+
+
+def describe_vllm(target: Target, vllm_source: str) -> list[str]:
+    """What the plan says about where vLLM comes from, and why a build would refuse."""
+    vllm = target.vllm
+    if not vllm.separate_dist:
+        return [f"{vllm.package}=={vllm.version} from {target.lock_paths['runtime']}"]
+    if vllm_source == "wheel":
+        return [f"PyPI's vllm {vllm.version} wheel, hash-locked in {target.lock_paths['wheel']}; cuobjdump checks "
+                f"{len(vllm.sass.required)} extensions for SASS on {', '.join(target.compute_capabilities)}"]
+    pinned = sum(1 for p in target.externals if not p.missing)
+    lines = [f"compiled from {vllm.sdist_filename} (sha256 {vllm.sdist_sha256[:12]}...) for TORCH_CUDA_ARCH_LIST="
+             f"{target.toolchain.torch_cuda_arch_list}, {vllm.compile.cmake_build_type}, MAX_JOBS sized to memory "
+             f"({vllm.compile.job_memory_gib} GiB per nvcc job) unless set; {pinned} of {len(target.externals)} "
+             "external sources pinned"]
+    refusal = target.unresolved_externals()
+    if refusal:
+        lines.append(f"refuses to build: {refusal}")
+    return lines
+
+
 @dataclass(frozen=True)
 class BuildPlan:
     target: Target
@@ -21,6 +61,7 @@ class BuildPlan:
     tags: list[str]
     labels: dict[str, str]
     stage: str = "image"
+    vllm_source: str = "wheel"
     push: bool = False
     no_cache: bool = False
     reproducible: bool = False
@@ -37,6 +78,7 @@ class BuildPlan:
     def as_json(self) -> str:
         """The plan for machines (the CI workflow reads build args, tags and labels from it)."""
         return json.dumps({"target": self.target.name, "dockerfile": self.dockerfile, "stage": self.stage,
+                           "vllm_source": self.vllm_source, "stages": stages(self.target, self.vllm_source),
                            "context": self.context_files, "build_args": self.build_args, "tags": self.tags,
                            "labels": self.labels, "push": self.push, "reproducible": self.reproducible},
                           indent=2, sort_keys=True)
@@ -44,6 +86,10 @@ class BuildPlan:
     def describe(self) -> str:
         lines = [f"target:      {self.target.name} ({self.target.description})",
                  f"dockerfile:  {self.dockerfile} (stage {self.stage})",
+                 f"vllm:        {self.vllm_source}: " + "\n             ".join(describe_vllm(self.target, self.vllm_source)),
+                 f"stages:      {' -> '.join(stages(self.target, self.vllm_source))}",
+                 f"fetches:     {', '.join(fetches(self.target, self.vllm_source))} (sha256-verified on the host, "
+                 "served to the build on 127.0.0.1)",
                  f"context:     {len(self.context_files)} files: {', '.join(self.context_files)}",
                  "build args:"] + [f"  {k}={v}" for k, v in sorted(self.build_args.items())]
         lines += ["tags:"] + [f"  {t}" for t in self.tags]
@@ -55,9 +101,14 @@ class BuildPlan:
 
 def make(matrix: Matrix, target: Target, provenance: Provenance, *, image: str | None = None, owner: str | None = None,
          tags: list[str] | None = None, push: bool = False, no_cache: bool = False, unpatched: bool = False,
-         reproducible: bool | None = None) -> BuildPlan:
-    """The plan for `target`. Pushed images are always made reproducible. Every tag is one Docker
-    accepts (references.py), whatever the image name, owner or tags it was made from."""
+         reproducible: bool | None = None, vllm: str | None = None) -> BuildPlan:
+    """The plan for `target`, getting vLLM the way `vllm` says (default: the target's). Pushed images are
+    always made reproducible. Every tag is one Docker accepts (references.py), whatever the image name,
+    owner or tags it was made from."""
+    vllm_source = vllm or target.vllm.source
+    if vllm_source not in target.vllm.modes:
+        raise UserError(f"target {target.name} gets vLLM only as {' or '.join(target.vllm.modes)}, not {vllm_source}",
+                        exit_code=2)
     image = image or matrix.image_name(owner)
     suffix = "-unpatched" if unpatched else ""
     if tags:
@@ -69,17 +120,20 @@ def make(matrix: Matrix, target: Target, provenance: Provenance, *, image: str |
                   "IMAGE_VERSION": f"{target.version_tag}-{provenance.short_revision}",
                   "SOURCE_URL": matrix.source_url(owner), "APPLY_PATCHES": "0" if unpatched else "1",
                   "SOURCE_DATE_EPOCH": str(provenance.epoch)}
+    if target.vllm.separate_dist:
+        build_args["VLLM_SOURCE"] = vllm_source
     labels = dict(target.image_labels())
     labels.update({"org.opencontainers.image.revision": provenance.revision,
                    "org.opencontainers.image.created": provenance.created,
                    "org.opencontainers.image.version": build_args["IMAGE_VERSION"],
                    "org.opencontainers.image.source": build_args["SOURCE_URL"],
-                   "io.dsv4-flash.patches.applied": build_args["APPLY_PATCHES"]})
+                   "io.dsv4-flash.patches.applied": build_args["APPLY_PATCHES"],
+                   "io.dsv4-flash.vllm.source": vllm_source})
     for ref in refs:
         problem = references.tag_target_problem(ref)
         if problem:
             source = "--tag" if tags else "the image name (--image, --owner, $DSV4_OWNER or matrix.toml's project.image)"
             raise UserError(f"{ref[:80]!r} is not a tag Docker accepts ({problem}); check {source}")
     notes = ["the work tree has uncommitted changes: the revision label says -dirty"] if provenance.dirty else []
-    return BuildPlan(target, provenance, build_args, refs, labels, push=push, no_cache=no_cache,
-                     reproducible=push if reproducible is None else reproducible, notes=notes)
+    return BuildPlan(target, provenance, build_args, refs, labels, vllm_source=vllm_source, push=push,
+                     no_cache=no_cache, reproducible=push if reproducible is None else reproducible, notes=notes)

@@ -16,7 +16,7 @@ def sdist_path(target: Target) -> Path:
 
 def fetch_sdist(target: Target, progress=print) -> Path:
     """The target's sdist from the cache or from its pinned URL, its sha256 checked either way."""
-    if target.vllm.source != "sdist":
+    if not target.vllm.sdist_url:
         raise UserError(f"target {target.name} installs vLLM from a wheel, not an sdist")
     path = sdist_path(target)
     if not path.is_file():

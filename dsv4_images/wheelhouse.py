@@ -138,7 +138,7 @@ class LoopbackIndex:
     """A PEP 503 simple index of exactly the given files, on 127.0.0.1, for the build's duration.
 
     /simple/<project>/ lists a project's files with #sha256= fragments; /files/<name> serves them.
-    Extra files (e.g. the vLLM sdist) are served under /files/ too.
+    Extra files (the vLLM sdist, the compile's external archives) are served under /files/<their key> too.
     """
 
     def __init__(self, files: list[LockedFile], extra: dict[str, Path] | None = None, port: int | None = None):
@@ -170,8 +170,9 @@ class LoopbackIndex:
                     links = "".join(f'<a href="/files/{html.escape(f.filename)}#sha256={f.sha256}">{html.escape(f.filename)}</a>\n'
                                     for f in files)
                     return self._send(f"<!DOCTYPE html><html><body>\n{links}</body></html>\n".encode(), "text/html")
-                if parts[:1] == ["files"] and len(parts) == 2 and parts[1] in index.paths:
-                    path = index.paths[parts[1]]
+                name = "/".join(parts[1:])  # extra files may sit below /files/ (github/<repo>/archive/...)
+                if parts[:1] == ["files"] and name in index.paths:
+                    path = index.paths[name]
                     self.send_response(200)
                     self.send_header("Content-Type", "application/octet-stream")
                     self.send_header("Content-Length", str(path.stat().st_size))

@@ -184,7 +184,8 @@ ENV_READ = re.compile(r"""(?:environ\.get|env\.get|getenv)\(\s*["']([A-Z][A-Z0-9
 NOT_OURS = {"DOCKER_HOST": "read by the Docker SDK when connecting: a bad one is one line (test_cli.py)",
             "TESTCONTAINERS_RYUK_DISABLED": "set by us for testcontainers, not read",
             "HF_TOKEN": "passed through (compose); not read by the command line",
-            "PATH": "prove prepends its toolchain to it; never parsed"}
+            "PATH": "prove prepends its toolchain to it; never parsed",
+            "CMAKE_ARGS": "written into the compile stage's environment by matrix.py, not read"}
 
 
 def variables_read(paths) -> set[str]:

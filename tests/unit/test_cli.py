@@ -168,3 +168,52 @@ def test_pip_install_dot_gives_the_console_script_in_a_fresh_venv(tmp_path):
     assert listed.returncode == 0 and listed.stdout.startswith("sm100 "), listed.stderr
     lost = subprocess.run([script, "matrix"], capture_output=True, text=True, cwd=tmp_path)
     assert lost.returncode == 1 and lost.stderr.startswith("error: ") and "matrix.toml" in lost.stderr
+
+
+# ---- --vllm wheel|sdist and resolve-externals -----------------------------------------------------
+
+def test_wheel_mode_dry_run_prints_a_complete_plan():
+    result = run("--arch", "sm_120", "--vllm", "wheel", "--dry-run", env={"DOCKER_HOST": "unix:///nonexistent.sock"})
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "vllm:        wheel: PyPI's vllm 0.33.0 wheel, hash-locked in locks/sm120.wheel.txt" in out
+    assert "stages:      runtime-deps -> vllm-from-wheel -> vllm-dist -> vllm-install -> patched -> image" in out
+    assert "fetches:     locks/sm120.txt, locks/sm120.wheel.txt (" in out
+    assert "  VLLM_SOURCE=wheel\n" in out and "  io.dsv4-flash.vllm.source=wheel\n" in out
+    assert "io.dsv4-flash.lock.sm120.wheel.txt.sha256=" in out and "refuses" not in out
+    assert out == run("--arch", "sm_120", "--dry-run", env={"DOCKER_HOST": "unix:///nonexistent.sock"}).stdout  # the default
+    plan = json.loads(run("build", "--arch", "sm_120", "--vllm", "wheel", "--dry-run", "--json").stdout)
+    assert plan["vllm_source"] == "wheel" and plan["build_args"]["VLLM_SOURCE"] == "wheel"
+    assert plan["stages"][-1] == "image" and "vllm-compile" not in plan["stages"]
+
+
+def test_sdist_mode_dry_run_says_it_would_refuse_and_how_to_resolve():
+    out = run("--arch", "sm_100a", "--vllm", "sdist", "--dry-run").stdout
+    assert "vllm:        sdist: compiled from vllm-0.33.0.tar.gz" in out and "1 of 19 external sources pinned" in out
+    assert "refuses to build: 18 of 19 sources" in out and "python build.py resolve-externals" in out
+    assert "vllm-externals -> vllm-compile" in out and "  VLLM_SOURCE=sdist\n" in out
+
+
+def test_a_source_the_target_does_not_offer_is_one_line_and_exit_2():
+    line = one_line_error(run("--arch", "cpu", "--vllm", "sdist", "--dry-run"), code=2)
+    assert line == "error: target cpu gets vLLM only as wheel, not sdist"
+    assert "invalid choice" in one_line_error(run("--arch", "sm120", "--vllm", "conda"), code=2)
+
+
+def test_an_sdist_build_with_unresolved_pins_refuses_before_any_download(monkeypatch, capsys):
+    from dsv4_images import base, builder, cli, docker_client, wheelhouse
+    monkeypatch.setattr(docker_client, "connect", lambda: None)
+    touched = []
+    monkeypatch.setattr(base, "ensure_base", lambda *a, **k: touched.append("base"))
+    monkeypatch.setattr(wheelhouse, "fetch", lambda *a, **k: touched.append("fetch"))
+    assert cli.main(["--arch", "sm120", "--vllm", "sdist"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: 18 of 19 sources vLLM 0.33.0's CMake fetches are not pinned yet")
+    assert touched == []
+
+
+def test_resolve_externals_without_github_is_one_line():
+    result = run("resolve-externals", env={"HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"})
+    line = one_line_error(result)
+    assert line.startswith("error: cannot reach https://github.com to resolve vLLM's external sources (")
+    assert line.endswith("run `python build.py resolve-externals` where github.com is reachable")

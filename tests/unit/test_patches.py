@@ -38,9 +38,11 @@ def test_the_cached_sdist_is_verified(tmp_path):
 def test_every_patch_of_every_target_applies_in_order(target, tmp_path):
     t = M.resolve(target)
     lines = patches.check_targets([t], progress=lambda _: None)
-    expected = [f"{target}: {p.name} applies cleanly "
-                f"({', '.join(patches.touched_files((patches.REPO_ROOT / p.file).read_text()))})" for p in t.patches]
-    assert lines == expected  # every file of every patch, in order
+    label = (lambda mode: f"{target} ({mode})") if len(t.vllm.modes) > 1 else (lambda mode: target)
+    expected = [f"{label(mode)}: {p.name} applies cleanly "
+                f"({', '.join(patches.touched_files((patches.REPO_ROOT / p.file).read_text()))})"
+                for mode in t.vllm.modes for p in t.patches]
+    assert lines == expected  # every file of every patch, in order, to the sdist and to the wheel where both exist
 
 
 def test_a_patch_applied_twice_fails_instead_of_reverting(sdist_tree, tmp_path):

@@ -65,7 +65,8 @@ def test_templates_hold_no_per_target_constants():
 def test_cuda_dockerfiles_stage_the_compile_before_patches_and_entrypoint(target):
     text = render.render_all(M)[f"Dockerfile.{target}"]
     stages = re.findall(r"^FROM \S+ AS (\S+)$", text, re.M)
-    assert stages == ["build-env", "vllm-source", "vllm-compile", "runtime-deps", "vllm-install", "patched", "image"]
+    assert stages == ["build-tools", "build-env", "vllm-source", "vllm-externals", "vllm-compile", "runtime-deps",
+                      "vllm-from-wheel", "vllm-from-sdist", "vllm-dist", "vllm-install", "patched", "image"]
     compile_stage = text.split("AS vllm-compile", 1)[1].split("\nFROM ", 1)[0]
     assert "patch -p1" not in compile_stage and "entrypoint" not in compile_stage
     t = M.resolve(target)
