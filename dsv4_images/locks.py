@@ -30,8 +30,9 @@ def lock_inputs(target: Target, kind: str) -> dict:
         requirements = {"sdist_sha256": vllm.sdist_sha256, "files": list(files)}
     else:
         requirements = {"requirements": list(vllm.requirements)}
-    return {"kind": kind, "python": tc.python, "platform": tc.wheel_platform, "overrides": list(vllm.overrides),
-            **requirements}
+    # The CUDA toolchain wheels pin the runtime's nvcc to the CUDA release (a dependency asks for any nvcc).
+    overrides = list(vllm.overrides) + (list(tc.cuda_wheels) if kind == "runtime" else [])
+    return {"kind": kind, "python": tc.python, "platform": tc.wheel_platform, "overrides": overrides, **requirements}
 
 
 def inputs_digest(target: Target, kind: str) -> str:

@@ -36,6 +36,7 @@ Text = Annotated[str, StringConstraints(min_length=1)]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 DigestRef = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$")]
 Positive = Annotated[int, Field(ge=1)]
+Pin = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*==[0-9][A-Za-z0-9.+!-]*$")]
 NonNegative = Annotated[int, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0)]
 # TOML arrays arrive as lists; the models keep them as tuples (frozen). Items stay strictly typed.
@@ -82,6 +83,9 @@ class Toolchain(_Table):
     torch_cuda_arch_list: Text | None = None
     flashinfer: Text | None = None
     flashinfer_cuda_arch_list: Text | None = None
+    # The CUDA toolchain the runtime compiles with (nvcc, ptxas, crt and CCCL headers), PyPI wheels pinned
+    # to the CUDA release and resolved into the target's lock as overrides.
+    cuda_wheels: Annotated[tuple[Pin, ...], Field(strict=False)] = ()
 
 
 class Vllm(_Table):
