@@ -17,6 +17,7 @@ import tomllib
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
+from packaging.licenses import InvalidLicenseExpression, canonicalize_license_expression
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from . import REPO_ROOT
@@ -171,6 +172,8 @@ class Target(_Table):
     platform: Literal["linux/amd64"]
     kind: Literal["cuda", "cpu"]
     compute_capabilities: Strings
+    # SPDX identifiers of what the image carries besides this project's own code (project.licenses).
+    licenses: Strings
     ci: CI
     base: Base
     toolchain: Toolchain
@@ -205,6 +208,10 @@ class Target(_Table):
         if self.vllm.source == "sdist":
             paths["build"] = f"locks/{self.name}.build.txt"
         return paths
+
+    def license_expression(self, project_licenses: str) -> str:
+        """The image's org.opencontainers.image.licenses: an SPDX expression of ours AND what it carries."""
+        return canonicalize_license_expression(" AND ".join((project_licenses, *self.licenses)))
 
     @property
     def version_tag(self) -> str:
@@ -345,6 +352,10 @@ def _requirements(t: Target) -> str | None:
             return f"{where}.compute_capabilities: a cuda target needs at least one"
         if t.ci.verify_runner is None:
             return f"{where}.ci.verify_runner: missing (a cuda target is verified on a GPU runner)"
+    try:
+        t.license_expression("MIT")
+    except InvalidLicenseExpression as exc:
+        return f"{where}.licenses: not an SPDX license expression: {exc}"
     needed = ("sdist_url", "sdist_sha256", "build_requirements") if t.vllm.source == "sdist" else ("package", "dist_alias")
     for key in needed:
         if getattr(t.vllm, key) is None:
@@ -368,6 +379,10 @@ def load(path: Path | None = None) -> Matrix:
         project = Project.model_validate(raw.get("project"))
     except ValidationError as exc:
         raise _one_line(exc, "project") from None
+    try:
+        canonicalize_license_expression(project.licenses)
+    except InvalidLicenseExpression as exc:
+        raise UserError(f"matrix.toml: project.licenses: not an SPDX license expression: {exc}") from None
     declared = raw.get("targets")
     if not isinstance(declared, dict) or not declared:
         raise UserError("matrix.toml: targets: expected at least one [targets.NAME] table")
