@@ -30,14 +30,17 @@ def lock_inputs(target: Target, kind: str) -> dict:
                 "requirements": list(target.prove.requirements) + list(target.prove.toolchain)}
     if kind == "wheel":  # vLLM's own wheel, without its dependencies (the runtime lock holds those)
         return {"kind": kind, "python": tc.python, "platform": tc.wheel_platform, "no_deps": True,
-                "requirements": [vllm.wheel_requirement]}
+                "requirements": [vllm.wheel_requirement, *([vllm.sass.tool] if vllm.sass else [])]}
     if vllm.sdist_url:
         files = vllm.requirements if kind == "runtime" else vllm.build_requirements
         requirements = {"sdist_sha256": vllm.sdist_sha256, "files": list(files)}
+        if kind == "runtime" and vllm.extra_requirements:
+            requirements["extra"] = list(vllm.extra_requirements)
     else:
         requirements = {"requirements": list(vllm.requirements)}
-    return {"kind": kind, "python": tc.python, "platform": tc.wheel_platform, "overrides": list(vllm.overrides),
-            **requirements}
+    # The CUDA toolchain wheels pin the runtime's nvcc to the CUDA release (a dependency asks for any nvcc).
+    overrides = list(vllm.overrides) + (list(tc.cuda_wheels) if kind == "runtime" else [])
+    return {"kind": kind, "python": tc.python, "platform": tc.wheel_platform, "overrides": overrides, **requirements}
 
 
 def inputs_digest(target: Target, kind: str) -> str:
@@ -57,6 +60,10 @@ def compile_lock(target: Target, kind: str, workdir: Path) -> str:
     if "files" in inputs:
         source_root = extract(fetch_sdist(target), workdir, members_under="requirements")
         inputs_files = [str(source_root / f) for f in inputs["files"]]
+        if inputs.get("extra"):
+            extra = workdir / "extra-requirements.in"
+            extra.write_text("\n".join(inputs["extra"]) + "\n")
+            inputs_files.append(str(extra))
     else:
         req = workdir / "requirements.in"
         req.write_text("\n".join(inputs["requirements"]) + "\n")

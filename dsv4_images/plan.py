@@ -16,12 +16,16 @@ from .provenance import Provenance
 def stages(target: Target, vllm_source: str) -> list[str]:
     """The stages BuildKit builds for the image when vLLM comes this way, in dependency order."""
     tail = ["vllm-install", "patched", "image"]
+    runtime = ["runtime-deps"]
+    if target.flashinfer:  # a cuda image: its runtime base, FlashInfer's cubins and prebuilt modules first
+        runtime = ["cuda-stubs", "runtime-base", *(["flashinfer-cubins"] if target.flashinfer.cubin_packages else []),
+                   "flashinfer-aot", "runtime-deps"]
     if not target.vllm.separate_dist:
-        return ["runtime-deps", *tail]
+        return [*runtime, *tail]
     if vllm_source == "wheel":
-        return ["runtime-deps", "vllm-from-wheel", "vllm-dist", *tail]
+        return [*runtime, "vllm-from-wheel", "vllm-dist", *tail]
     return ["build-tools", "build-env", "vllm-source", "vllm-externals", "vllm-compile", "vllm-from-sdist",
-            "vllm-dist", "runtime-deps", *tail]
+            "vllm-dist", *runtime, *tail]
 
 
 def fetches(target: Target, vllm_source: str) -> list[str]:

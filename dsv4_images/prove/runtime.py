@@ -4,7 +4,7 @@
 - FlashInfer's and DeepGEMM's JIT (vLLM's bundled deep_gemm calls $CUDA_HOME/bin/nvcc) run nvcc, which
   needs a host C++ compiler;
 - the FlashInfer modules a DeepSeek-V4 request needs on this target, and whether the image has them
-  prebuilt (matrix: prove.flashinfer_prebuilt) or JIT-compiles them on the first request;
+  prebuilt (matrix: [targets.<t>.flashinfer] modules, the flashinfer-aot stage's list) or JIT-compiles them on the first request;
 - every network fetch a first start and a first request make;
 - pip's view of the runtime's dependency set.
 

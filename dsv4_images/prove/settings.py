@@ -81,6 +81,8 @@ def from_target(target) -> ProveTarget:
         devices=tuple(Device(d.capability, d.name, d.memory_mib) for d in prove.devices),
         max_speculative_tokens=prove.max_speculative_tokens,
         kernel=Kernel(source=prove.kernel.source, archs=prove.kernel.archs, sass=prove.kernel.sass),
-        flashinfer_prebuilt=tuple(prove.flashinfer_prebuilt),
-        flashinfer_cubins_baked=prove.flashinfer_cubins_baked,
+        # What the image prebuilds and bakes is [targets.<t>.flashinfer] (the flashinfer-aot and flashinfer-cubins
+        # stages build from the same table): one source for the image and for what prove says of it.
+        flashinfer_prebuilt=tuple(m.name for m in target.flashinfer.modules) if target.flashinfer else (),
+        flashinfer_cubins_baked=bool(target.flashinfer and target.flashinfer.cubin_packages),
     )

@@ -185,7 +185,9 @@ NOT_OURS = {"DOCKER_HOST": "read by the Docker SDK when connecting: a bad one is
             "TESTCONTAINERS_RYUK_DISABLED": "set by us for testcontainers, not read",
             "HF_TOKEN": "passed through (compose); not read by the command line",
             "PATH": "prove prepends its toolchain to it; never parsed",
-            "CMAKE_ARGS": "written into the compile stage's environment by matrix.py, not read"}
+            "CMAKE_ARGS": "written into the compile stage's environment by matrix.py, not read",
+            "FLASHINFER_CUBIN_DIR": "read by flashinfer_aot.py inside the image build, not by the command line",
+            "MAX_JOBS": "read by flashinfer_aot.py inside the image build (a build argument), not by the command line"}
 
 
 def variables_read(paths) -> set[str]:

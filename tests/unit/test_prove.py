@@ -199,11 +199,14 @@ def test_a_runtime_without_host_compilers_fails_naming_the_packages(tmp_path):
 def test_prebuilt_flashinfer_modules_come_from_the_matrix(monkeypatch):
     monkeypatch.setattr(runtime, "spec_names", lambda env, pt, gens: {})
     backends = {"attention": "DeepseekV4FlashInferSM120Attention", "nvfp4_moe_first_supported": "FLASHINFER_CUTLASS"}
-    r = report.Report("sm120")
+    r = report.Report("sm120")  # the matrix's [targets.sm120.flashinfer] modules: all three prebuilt
     runtime.flashinfer_modules(r, None, SM120, backends, "12.0")
-    assert {x.name: x.status for x in r.lines} == {"runtime.flashinfer.sparse_mla_sm120@12.0": "FAIL",
-                                                   "runtime.flashinfer.fused_moe_120@12.0": "FAIL",
-                                                   "runtime.flashinfer.sampling@12.0": "FAIL"}
+    assert {x.name: x.status for x in r.lines} == {"runtime.flashinfer.sparse_mla_sm120@12.0": "PASS",
+                                                   "runtime.flashinfer.fused_moe_120@12.0": "PASS",
+                                                   "runtime.flashinfer.sampling@12.0": "PASS"}
+    r = report.Report("sm120")  # an image that prebuilds nothing: every module a first request needs fails
+    runtime.flashinfer_modules(r, None, dataclasses.replace(SM120, flashinfer_prebuilt=()), backends, "12.0")
+    assert {x.status for x in r.lines} == {"FAIL"} and len(r.lines) == 3
     baked = dataclasses.replace(SM100, flashinfer_prebuilt=("fused_moe_trtllm_sm100", "sampling"),
                                 flashinfer_cubins_baked=True)
     r = report.Report("sm100")

@@ -65,16 +65,17 @@ def test_templates_hold_no_per_target_constants():
 def test_cuda_dockerfiles_stage_the_compile_before_patches_and_entrypoint(target):
     text = render.render_all(M)[f"Dockerfile.{target}"]
     stages = re.findall(r"^FROM \S+ AS (\S+)$", text, re.M)
-    assert stages == ["build-tools", "build-env", "vllm-source", "vllm-externals", "vllm-compile", "runtime-deps",
-                      "vllm-from-wheel", "vllm-from-sdist", "vllm-dist", "vllm-install", "patched", "image"]
+    cubins = ["flashinfer-cubins"] if M.resolve(target).flashinfer.cubin_packages else []
+    assert stages == ["build-tools", "build-env", "vllm-source", "vllm-externals", "vllm-compile", "cuda-stubs",
+                      "runtime-base", *cubins, "flashinfer-aot", "runtime-deps", "vllm-from-wheel", "vllm-from-sdist",
+                      "vllm-dist", "vllm-install", "patched", "image"]
     compile_stage = text.split("AS vllm-compile", 1)[1].split("\nFROM ", 1)[0]
     assert "patch -p1" not in compile_stage and "entrypoint" not in compile_stage
     t = M.resolve(target)
     assert f'TORCH_CUDA_ARCH_LIST="{t.toolchain.torch_cuda_arch_list}"' in compile_stage
     assert "--mount=type=cache,target=/root/.cache/ccache" in compile_stage
     assert f'echo "{t.vllm.sdist_sha256}  /tmp/vllm.tar.gz" | sha256sum -c -' in text
-    assert f'FLASHINFER_CUDA_ARCH_LIST="{t.toolchain.flashinfer_cuda_arch_list}"' in text
-    assert "cuda-nvcc-13-0" in text.split("AS runtime-deps", 1)[1]  # FlashInfer JIT needs nvcc at run time
+    assert f'--arch-list "{t.toolchain.flashinfer_cuda_arch_list}"' in text  # FlashInfer's AOT build (tests/unit/test_runtime_stage.py)
     for patch in t.patches:
         assert patch.sha256 in text
 

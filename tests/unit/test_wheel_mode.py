@@ -41,10 +41,13 @@ def wheel():
     t = M.resolve("sm120")
     started = time.monotonic()
     files = wheelhouse.resolve_lock(REPO_ROOT / t.lock_paths["wheel"], t.toolchain.python, t.toolchain.wheel_platform)
-    assert [f.filename for f in files] == ["vllm-0.33.0-cp38-abi3-manylinux_2_28_x86_64.whl"]
-    path = wheelhouse.download(files[0])
+    assert sorted(f.filename for f in files) == [  # vLLM's wheel, and the cuobjdump the stage checks it with
+        "nvidia_cuda_cuobjdump-13.2.51-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl",
+        "vllm-0.33.0-cp38-abi3-manylinux_2_28_x86_64.whl"]
+    vllm_wheel = next(f for f in files if f.project == "vllm")
+    path = wheelhouse.download(vllm_wheel)
     from dsv4_images.checksums import sha256_file
-    assert sha256_file(path) == files[0].sha256 == "4b6bdec4ab269990bf70d45a3c1e94c3760a27064513760193b26d6f0da883aa"
+    assert sha256_file(path) == vllm_wheel.sha256 == "4b6bdec4ab269990bf70d45a3c1e94c3760a27064513760193b26d6f0da883aa"
     return path, time.monotonic() - started
 
 
@@ -102,12 +105,13 @@ def test_the_stage_s_pip_download_gets_the_wheel_from_build_py_s_loopback_index(
     step = next(a for _, kw, a, s in instructions(render.render_dockerfile(M, t)) if kw == "RUN" and s == "vllm-from-wheel"
                 and "pip download" in a)
     command = step.split(" pip download ", 1)[1].replace("/tmp/wheel-requirements.txt", str(REPO_ROOT / t.lock_paths["wheel"]))
-    command = command.replace("-d /dist", f"-d {tmp_path}/dist").split(" && ")[0]
+    command = command.replace("-d /tmp/wheels", f"-d {tmp_path}/dist").split(" && ")[0]
     files = wheelhouse.resolve_lock(REPO_ROOT / t.lock_paths["wheel"], t.toolchain.python, t.toolchain.wheel_platform)
+    wheelhouse.fetch(files, progress=lambda _: None)  # what build.py does before it serves them
     started = time.monotonic()
     with wheelhouse.LoopbackIndex(files, port=_free_port()) as index:
         result = subprocess.run(f'{sys.executable} -m pip download -q {command}', shell=True, capture_output=True, text=True,
                                 env={"PIP_INDEX_URL": f"{index.url}/simple", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     report["wheel mode: the stage's pip download from the loopback index (s)"] = round(time.monotonic() - started, 1)
     assert result.returncode == 0, result.stderr
-    assert [p.name for p in (tmp_path / "dist").iterdir()] == ["vllm-0.33.0-cp38-abi3-manylinux_2_28_x86_64.whl"]
+    assert sorted(p.name for p in (tmp_path / "dist").iterdir()) == sorted(f.filename for f in files)

@@ -31,7 +31,8 @@ def test_every_lock_a_target_needs_is_committed_and_fully_hash_locked():
             if kind == "runtime":
                 assert "torch" in names, rel  # so check_pins has the toolchain's torch to compare
             elif kind == "wheel":
-                assert names == {"vllm"}, rel  # vLLM's own wheel alone; the runtime lock has its dependencies
+                # vLLM's own wheel and the cuobjdump that checks it; the runtime lock has vLLM's dependencies
+                assert names == {"vllm", "nvidia-cuda-cuobjdump"}, rel
             else:
                 assert names, rel
 
