@@ -264,6 +264,16 @@ class TinyModel(_Table):
     mtp_noise: Fraction
 
 
+class ServeModel(_Table):
+    """Another checkpoint a target serves when MODEL names it: why, and what changes from the target's defaults."""
+    why: Text
+    checkpoint_profile: Text | None = None
+    extra_args: Strings | None = None
+    max_num_seqs: Positive | None = None
+    max_num_batched_tokens: Positive | None = None
+    num_speculative_tokens: NonNegative | None = None
+
+
 class Serve(_Table):
     model: Text
     tensor_parallel_size: Positive
@@ -289,6 +299,8 @@ class Serve(_Table):
     # period (a cold start: download, compile, graph capture).
     min_shm_mb: Positive
     start_period_s: Positive
+    checkpoint_profile: Text | None = None        # what the preflight expects of the model's checkpoint
+    models: dict[str, ServeModel] = Field(default_factory=dict)
 
 
 class Thresholds(_Table):
@@ -463,6 +475,8 @@ class Target(_Table):
     def serve_defaults(self) -> dict:
         """What the entrypoint reads as /etc/dsv4-flash/serve.json (keys as matrix.toml states them)."""
         serve = self.serve.model_dump(mode="json", exclude_unset=True, exclude={"env"})
+        for entry in serve.get("models", {}).values():
+            entry.pop("why", None)  # documentation: matrix.toml and the README carry it
         return {"_": GENERATED_JSON_NOTE, "target": self.name, "kind": self.kind, "build_id": self.build_id(),
                 "compute_capabilities": list(self.compute_capabilities), "serve": serve}
 

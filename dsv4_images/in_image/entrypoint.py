@@ -215,9 +215,18 @@ def _profile(name: str) -> str:
 
 
 def effective_settings(defaults: dict, env: dict) -> dict:
-    """The target's serve defaults with the environment's overrides applied and checked."""
-    serve = dict(defaults["serve"])
+    """The target's serve defaults, then the defaults of the model MODEL names when the target knows it
+    (serve.models: another checkpoint the image supports, with what it needs changed), then the
+    environment's overrides, applied and checked."""
+    serve = {k: v for k, v in defaults["serve"].items() if k != "models"}
     serve.setdefault("host", "0.0.0.0")
+    if "MODEL" in env:
+        serve["model"] = _string_override("MODEL", env["MODEL"])
+    if serve["model"] != defaults["serve"]["model"]:
+        serve.pop("checkpoint_profile", None)  # the default model's; another model brings its own, or none
+    known = defaults["serve"].get("models") or {}
+    if isinstance(known.get(serve["model"]), dict):
+        serve.update(known[serve["model"]])
     for name, key in STR_OVERRIDES.items():
         if name in env:
             serve[key] = _string_override(name, env[name])
@@ -278,13 +287,11 @@ def build_command(serve: dict, passthrough: list[str]) -> list[str]:
 # ---- preflight: the checkpoint (checkpoint.py holds what we know about checkpoints) -------------
 
 def checkpoint_profile(defaults: dict, serve: dict, env: dict) -> str | None:
-    """DSV4_CHECKPOINT_PROFILE, else the target's `checkpoint_profile` while MODEL is the target's own;
-    None lets checkpoint.py choose by model id, then by architecture."""
+    """DSV4_CHECKPOINT_PROFILE, else the `checkpoint_profile` of the model served (the target's own, or a
+    known alternative's); None lets checkpoint.py choose by model id, then by architecture."""
     if "DSV4_CHECKPOINT_PROFILE" in env:
         return _profile(_text("DSV4_CHECKPOINT_PROFILE", env["DSV4_CHECKPOINT_PROFILE"]))
-    if serve["model"] == defaults.get("serve", {}).get("model"):
-        return defaults["serve"].get("checkpoint_profile")
-    return None
+    return serve.get("checkpoint_profile")  # the target's for its model, or a known alternative's (serve.models)
 
 
 def check_mtp_tensors(model: str, env: dict, profile: str | None = None, k: int = 1) -> str:

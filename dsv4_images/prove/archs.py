@@ -27,7 +27,6 @@ from .report import Report, StepFailed
 from .settings import ProveTarget
 
 CUT_MARKER = "# For CUDA and HIP builds also build the triton_kernels external package."
-BUILD_TYPE = "RelWithDebInfo"  # setup.py's default: the image's build sets no CMAKE_BUILD_TYPE
 ARCH_CALL = re.compile(r"cuda_archs_loose_intersection\(\s*(\w+)")
 WATCH_LINE = re.compile(r"^-- \[dsv4-prove\] (\w+) = '(.*)'$")
 VLLM_DECISION = re.compile(r"^-- ((?:Not b|B)uilding .*)$")
@@ -113,7 +112,7 @@ def configure(report: Report, env: Env, pt: ProveTarget, work: Path, progress=pr
                "VLLM_CUTLASS_SRC_DIR": str(cutlass_dir)}
     python_path = subprocess.run([str(env.python), "-c", "import sys; print(':'.join(sys.path))"],
                                  capture_output=True, text=True, env=run_env).stdout.strip()
-    cmd = [str(env.cmake), str(source), "-G", "Ninja", f"-DCMAKE_BUILD_TYPE={BUILD_TYPE}", "-DVLLM_TARGET_DEVICE=cuda",
+    cmd = [str(env.cmake), str(source), "-G", "Ninja", f"-DCMAKE_BUILD_TYPE={pt.build_type}", "-DVLLM_TARGET_DEVICE=cuda",
            f"-DVLLM_PYTHON_EXECUTABLE={env.python}", f"-DVLLM_PYTHON_PATH={python_path}",
            f"-DFETCHCONTENT_BASE_DIR={build / '_deps'}", "-DFETCHCONTENT_FULLY_DISCONNECTED=ON", "-DNVCC_THREADS=1",
            "-DCMAKE_JOB_POOL_COMPILE:STRING=compile", "-DCMAKE_JOB_POOLS:STRING=compile=1",
@@ -127,7 +126,7 @@ def configure(report: Report, env: Env, pt: ProveTarget, work: Path, progress=pr
         raise StepFailed(f"vLLM's CMake configure failed (its log is kept as last-run-{pt.name}/cmake/configure.log in "
                          f"{work.parent.parent}): CMake Error{detail}")
     report.add("archs.configure", True, f"vLLM {pt.vllm_version} CMakeLists.txt lines 1-{kept} configured and generated "
-               f"({BUILD_TYPE}, TORCH_CUDA_ARCH_LIST={pt.torch_cuda_arch_list}, host {host_compiler(result.stdout)}); "
+               f"({pt.build_type}, TORCH_CUDA_ARCH_LIST={pt.torch_cuda_arch_list}, host {host_compiler(result.stdout)}); "
                f"cut before triton_kernels and the GitHub-fetched external projects (and vLLM's GCC >= 13 check); "
                f"CUTLASS: {cutlass}")
     return Configured(source, build, table_from(result.stdout), cutlass)

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..in_image import entrypoint
 from .env import Env
 from .report import Report, StepFailed
-from .settings import FIXTURE_MODEL, Device, ProveTarget
+from .settings import FIXTURE_MODEL, FIXTURE_MODELS, Device, ProveTarget
 
 WORKER = Path(__file__).resolve().parent / "worker" / "prove_worker.py"
 MAIN_LAYERS = {  # vLLM's module names in the NVIDIA DeepSeek-V4 model (vllm/models/deepseek_v4/)
@@ -47,6 +47,7 @@ class Case:
     args: list = field(default_factory=list)
     expect: str = "accept"  # accept | reject (by vLLM) | ours (accepted by vLLM, refused by our checks)
     check: dict = field(default_factory=dict)  # config field -> value vLLM must resolve
+    fixture: Path | None = None  # the constructed config a known model id (serve.models) is pointed at
 
 
 def cases(pt: ProveTarget, user_env: dict | None = None, user_args: list | None = None) -> list[Case]:
@@ -83,6 +84,11 @@ def cases(pt: ProveTarget, user_env: dict | None = None, user_args: list | None 
             # settings vLLM 0.33 accepts but this target cannot serve: our checks refuse them
             Case(f"NUM_SPECULATIVE_TOKENS={kmax + 1}", {"NUM_SPECULATIVE_TOKENS": str(kmax + 1)}, expect="ours"),
             Case("--cudagraph-capture-sizes 3 5", args=["--cudagraph-capture-sizes", "3", "5"], expect="ours")]
+    # each other checkpoint the target serves when MODEL names it: its own serve defaults, on its constructed config
+    for model_id, entry in serve.get("models", {}).items():
+        backend = [a for i, a in enumerate(entry.get("extra_args", [])[1:]) if entry["extra_args"][i] == "--moe-backend"]
+        out.append(Case(f"MODEL={model_id}", {"MODEL": model_id}, check={"moe_backend": backend[-1]} if backend else {},
+                        fixture=FIXTURE_MODELS[model_id]))
     if user_env or user_args:
         out.append(Case("your settings", dict(user_env or {}), list(user_args or [])))
     return out
@@ -102,8 +108,13 @@ def ours(config: dict, argv: list[str], pt: ProveTarget) -> list[str]:
 
 
 def argv_for(pt: ProveTarget, case: Case, model: Path) -> list[str]:
+    """The entrypoint's command for the case; a known model id (serve.models) keeps its own serve defaults and
+    is then pointed at its constructed config (the checkpoint itself cannot be downloaded here)."""
     defaults = json.loads(pt.serve_defaults.read_text())
-    return entrypoint.build_command(entrypoint.effective_settings(defaults, {"MODEL": str(model), **case.env}), case.args)
+    argv = entrypoint.build_command(entrypoint.effective_settings(defaults, {"MODEL": str(model), **case.env}), case.args)
+    if case.fixture:
+        argv[2] = str(case.fixture)
+    return argv
 
 
 def run_worker(env: Env, pt: ProveTarget, device: Device, request: dict, log: Path) -> dict:

@@ -11,6 +11,9 @@ from ..download import CACHE
 
 CACHE_DIR = CACHE / "prove"
 FIXTURE_MODEL = REPO_ROOT / "tests" / "fixtures" / "models" / "dsv4-flash-nvfp4-fp8-mtp"
+# Constructed configs of the other checkpoints a target serves (serve.models), by model id.
+FIXTURE_MODELS = {"canada-quant/DeepSeek-V4-Flash-W4A16-FP8-MTP":
+                  REPO_ROOT / "tests" / "fixtures" / "models" / "dsv4-flash-w4a16-fp8-mtp"}
 ARCHS_DIR = REPO_ROOT / "archs"
 
 
@@ -44,6 +47,7 @@ class ProveTarget:
     patches: tuple[tuple[str, str], ...]  # (file, sha256)
     serve_defaults: Path
     runtime_packages: tuple[str, ...]
+    build_type: str                 # CMAKE_BUILD_TYPE of the image's compile (vLLM's release: Release)
     gpus: int
     nvlink: bool
     devices: tuple[Device, ...]
@@ -77,6 +81,7 @@ def from_target(target) -> ProveTarget:
         patches=tuple((p.file, p.sha256) for p in target.patches),
         serve_defaults=REPO_ROOT / target.serve_defaults_path,
         runtime_packages=tuple(tc.runtime_packages),
+        build_type=target.vllm.compile.cmake_build_type if target.vllm.compile else "RelWithDebInfo",
         gpus=prove.gpus, nvlink=prove.nvlink,
         devices=tuple(Device(d.capability, d.name, d.memory_mib) for d in prove.devices),
         max_speculative_tokens=prove.max_speculative_tokens,

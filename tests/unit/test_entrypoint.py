@@ -260,3 +260,40 @@ def test_gpu_warnings():
 def test_no_removed_vllm_environment_variable_is_set():
     text = Path(ep.__file__).read_text() + "".join(json.dumps(t.serve_defaults()) for t in M.targets.values())
     assert "VLLM_TEST_FORCE_FP8_MARLIN" not in text
+
+
+# ---- another model a target knows (serve.models) -------------------------------------------------
+
+W4A16 = "canada-quant/DeepSeek-V4-Flash-W4A16-FP8-MTP"
+
+
+def _last(cmd: list[str], name: str) -> str | None:
+    """The value vLLM takes: the last occurrence of the flag."""
+    values = [cmd[i + 1] for i, arg in enumerate(cmd[:-1]) if arg == name]
+    return values[-1] if values else None
+
+
+def test_the_w4a16_sibling_gets_its_own_serve_defaults_and_preflight_profile():
+    nvfp4 = command("sm120")
+    assert _last(nvfp4, "--moe-backend") == "auto" and nvfp4[2] == "canada-quant/DeepSeek-V4-Flash-NVFP4-FP8-MTP"
+    env = {"MODEL": W4A16}
+    w4a16 = command("sm120", env)
+    assert w4a16[2] == W4A16 and _last(w4a16, "--moe-backend") == "marlin"
+    assert _last(w4a16, "--attention-config.indexer_kv_dtype") == "fp8"
+    assert _last(w4a16, "--tensor-parallel-size") == "2"  # the target's other defaults stand
+    serve = ep.effective_settings(defaults("sm120"), env)
+    assert ep.checkpoint_profile(defaults("sm120"), serve, env) == W4A16
+    assert W4A16 in ep.checkpoint.PROFILES
+    # the user's own settings still win over the model's defaults
+    mine = command("sm120", {**env, "VLLM_EXTRA_ARGS": "--moe-backend cutlass"})
+    assert _last(mine, "--moe-backend") == "cutlass"
+
+
+def test_a_model_the_target_does_not_know_gets_no_borrowed_profile(tmp_path):
+    other = tmp_path / "my-model"
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    env = {"MODEL": str(other)}
+    serve = ep.effective_settings(defaults("sm120"), env)
+    assert "checkpoint_profile" not in serve and ep.checkpoint_profile(defaults("sm120"), serve, env) is None
+    assert _last(ep.build_command(serve, []), "--moe-backend") == "auto"
