@@ -414,6 +414,8 @@ def main(argv: list[str] | None = None, env: dict | None = None, defaults_path: 
             raise EntrypointError(f"{_shown(argv[0])} is not a `vllm serve` option: arguments after the image are "
                                   "extra vLLM flags (--flag value); to run another program use docker run --entrypoint",
                                   EXIT_BAD_OVERRIDE)
+        if mode not in ("--print-command", "--preflight-only"):
+            runtime.cache_root(env)
         check_environment(env)
         serve = effective_settings(defaults, env)
         command = build_command(serve, argv)

@@ -136,10 +136,10 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
 
 
-def prepare_caches(env: dict, build_id: str) -> tuple[dict[str, str], list[str]]:
-    """The cache variables to set for vLLM, and what to log about the caches."""
-    home = Path(env.get("HOME") or "/home/dsv4")
-    root = home / ".cache"
+def cache_root(env: dict) -> Path:
+    """$HOME/.cache, checked writable. Called before the path variables are checked: HF_HOME and the
+    other defaults live under it, and an unwritable mount is best named as the mount."""
+    root = Path(env.get("HOME") or "/home/dsv4") / ".cache"
     if not _writable(root):
         try:
             st = root.stat()
@@ -149,6 +149,12 @@ def prepare_caches(env: dict, build_id: str) -> tuple[dict[str, str], list[str]]
         raise EnvironmentProblem(
             f"the cache directory {root} is not writable ({owner}; this container runs as uid {os.getuid()} gid "
             f"{os.getgid()}): mount it writable for group 0 (chmod g+rwX) or run with --user <owner uid>:0")
+    return root
+
+
+def prepare_caches(env: dict, build_id: str) -> tuple[dict[str, str], list[str]]:
+    """The cache variables to set for vLLM, and what to log about the caches."""
+    root = cache_root(env)
     keyed = root / "dsv4-flash" / build_id
     variables = {
         "HF_HOME": env.get("HF_HOME") or str(root / "huggingface"),

@@ -26,7 +26,8 @@ from .settings import ProveTarget
 
 C_COMPILERS = ("build-essential", "gcc", "gcc-13", "gcc-14", "clang")
 CXX_COMPILERS = ("build-essential", "g++", "g++-13", "g++-14", "clang")
-NVCC = ("cuda-nvcc-13-0", "cuda-nvcc", "cuda-toolkit-13-0")
+NVCC = ("cuda-nvcc-13-0", "cuda-nvcc", "cuda-toolkit-13-0",  # apt
+        "nvidia-cuda-nvcc")                                   # the hash-locked PyPI wheel (toolchain.cuda_wheels)
 LAUNCHER_C = r"""
 /* shaped like the launcher Triton compiles on first use: a CPython module that calls the driver */
 #define PY_SSIZE_T_CLEAN
@@ -60,7 +61,8 @@ FLASHINFER = {
 
 
 def has(pt: ProveTarget, candidates: tuple[str, ...]) -> str | None:
-    return next((p for p in pt.runtime_packages if p in candidates), None)
+    """The first of `candidates` the image's runtime installs: an apt package, or a CUDA wheel of its lock."""
+    return next((p for p in (*pt.runtime_packages, *pt.cuda_wheels) if p.split("==")[0] in candidates), None)
 
 
 def c_launcher(report: Report, env: Env, pt: ProveTarget, work: Path) -> None:
@@ -92,7 +94,8 @@ def c_launcher(report: Report, env: Env, pt: ProveTarget, work: Path) -> None:
 def nvcc_host_compiler(report: Report, env: Env, pt: ProveTarget, work: Path, gencode: str) -> None:
     name = "runtime.nvcc-host-compiler"
     cxx, nvcc = has(pt, CXX_COMPILERS), has(pt, NVCC)
-    missing = [what for what, ok in (("a host C++ compiler (build-essential/g++)", cxx), ("nvcc (cuda-nvcc-13-0)", nvcc))
+    missing = [what for what, ok in (("a host C++ compiler (build-essential/g++)", cxx),
+                                     ("nvcc (cuda-nvcc-13-0, or the nvidia-cuda-nvcc wheel)", nvcc))
                if not ok]
     if missing:
         report.add(name, False, f"the image's runtime packages lack {' and '.join(missing)}: nvcc cannot compile "

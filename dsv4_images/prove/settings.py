@@ -55,6 +55,7 @@ class ProveTarget:
     kernel: Kernel
     flashinfer_prebuilt: tuple[str, ...]
     flashinfer_cubins_baked: bool
+    cuda_wheels: tuple[str, ...] = ()  # the CUDA toolchain the runtime installs from PyPI (nvcc among them)
 
     @property
     def archs_file(self) -> Path:
@@ -81,6 +82,7 @@ def from_target(target) -> ProveTarget:
         patches=tuple((p.file, p.sha256) for p in target.patches),
         serve_defaults=REPO_ROOT / target.serve_defaults_path,
         runtime_packages=tuple(tc.runtime_packages),
+        cuda_wheels=tuple(tc.cuda_wheels),
         build_type=target.vllm.compile.cmake_build_type if target.vllm.compile else "RelWithDebInfo",
         gpus=prove.gpus, nvlink=prove.nvlink,
         devices=tuple(Device(d.capability, d.name, d.memory_mib) for d in prove.devices),

@@ -24,7 +24,7 @@ from dsv4_images.in_image import tinymodel
 from dsv4_images.verify import signals
 from tests.support.switching_proxy import SwitchingProxy
 
-from .cpu_server import build_cpu_image, model_dir_for_mounting, serve
+from .cpu_server import model_dir_for_mounting, serve
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.network]
 
@@ -35,14 +35,8 @@ BAD_NOISE = 20.0
 
 
 @pytest.fixture(scope="module")
-def cpu_image(docker_client, report):
-    return build_cpu_image(docker_client, unpatched=False, report=report)
-
-
-@pytest.fixture(scope="module")
-def good_server(cpu_image):
-    with serve(cpu_image[0]) as server:
-        yield server
+def good_server(mtp_server):
+    return mtp_server
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +58,10 @@ def checks_of(path) -> dict:
 
 
 def test_default_flags_are_not_blamed_on_the_model(good_server, tmp_path, report):
+    """As a new user runs it: verify's default --max-tokens 1024 on a server whose max_model_len is 1024 (one
+    workload and two concurrency levels, to keep the run short; the length limit is what is being tested)."""
     out = tmp_path / "default.json"
-    result = verify("--url", good_server.url, "--json", str(out))
+    result = verify("--url", good_server.url, "--workload", "reasoning", "--concurrency", "1,4", "--json", str(out))
     assert "Traceback" not in result.stderr
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     checks = checks_of(out)

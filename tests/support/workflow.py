@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -132,4 +133,5 @@ def run_job(workflow: dict, name: str, repo: Path, *, matrix: dict | None = None
             break
     for key, expr in (job.get("outputs") or {}).items():
         result.outputs[key] = ctx.substitute(expr) if result.returncode == 0 else ""
+    shutil.rmtree(work, ignore_errors=True)  # a clone and a venv (~400 MB) per job
     return result

@@ -1,6 +1,7 @@
 """The GitHub Actions workflow: valid (actionlint), installed unchanged, and driven by build.py's matrix."""
 
 import copy
+from concurrent.futures import ThreadPoolExecutor
 import json
 import os
 import re
@@ -93,13 +94,16 @@ def test_every_job_runs_its_steps_in_order_in_a_fresh_clone():
     assert matrix_job.returncode == 0, "\n".join(matrix_job.log)
     produced = json.loads(matrix_job.outputs["cuda"])
     assert produced == json.loads(matrix.load().as_json(kind="cuda", compact=True))
-    for job in ("checks", "cpu", "build", "gpu-verify"):
-        run = _run(job, matrix=CUDA_ENTRY, needs={"matrix": matrix_job.outputs})
+    jobs = ("checks", "cpu", "build", "gpu-verify")
+    with ThreadPoolExecutor(2) as pool:  # two at a time: each is its own clone and venv
+        runs = dict(zip(jobs, pool.map(lambda job: _run(job, matrix=CUDA_ENTRY, needs={"matrix": matrix_job.outputs}),
+                                       jobs)))
+    for job, run in runs.items():
         assert run.returncode == 0, f"{job} failed at {run.failed_step}:\n" + "\n".join(run.log)[-6000:]
-        if job == "gpu-verify":  # the GPU selection collected the target's verify test
-            assert f"test_verify_a_gpu_image_with_the_card_thresholds[{CUDA_ENTRY['target']}]" in "\n".join(run.log)
-    assert set(_run("build", matrix=CUDA_ENTRY, needs={"matrix": matrix_job.outputs}).skipped_uses) >= {
-        "docker/setup-buildx-action", "docker/login-action", "docker/build-push-action"}
+    # the GPU selection collected the target's verify test
+    assert f"test_verify_a_gpu_image_with_the_card_thresholds[{CUDA_ENTRY['target']}]" in "\n".join(runs["gpu-verify"].log)
+    assert set(runs["build"].skipped_uses) >= {"docker/setup-buildx-action", "docker/login-action",
+                                               "docker/build-push-action"}
 
 
 @pytest.mark.slow
