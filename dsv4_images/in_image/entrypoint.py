@@ -185,13 +185,17 @@ def _path_problem(name: str, value: str) -> str | None:
     return None
 
 
-def check_environment(env: dict) -> None:
+def check_environment(env: dict, serving: bool = False) -> None:
     """The variables read outside the serve settings: switches, paths, the checkpoint's profile and
-    revision, the API key. A cache directory may exist read-only (a pre-filled cache, HF_HUB_OFFLINE=1)."""
+    revision, the API key. A cache directory may exist read-only (a pre-filled cache, HF_HUB_OFFLINE=1).
+    When serving, $HOME/.cache must be writable, checked right after HOME itself: HF_HOME and the other
+    defaults live under it, and an unwritable mount there is best named as the mount."""
     for name in FLAGS:
         if name in env:
             runtime.flag(env, name)
     for name in PATHS:
+        if name == "HF_HOME" and serving:
+            runtime.cache_root(env)
         problem = _path_problem(name, env[name]) if name in env else None
         if problem:
             raise EntrypointError(f"{name}={_shown(env[name])} {problem}", EXIT_BAD_OVERRIDE)
@@ -414,9 +418,7 @@ def main(argv: list[str] | None = None, env: dict | None = None, defaults_path: 
             raise EntrypointError(f"{_shown(argv[0])} is not a `vllm serve` option: arguments after the image are "
                                   "extra vLLM flags (--flag value); to run another program use docker run --entrypoint",
                                   EXIT_BAD_OVERRIDE)
-        if mode not in ("--print-command", "--preflight-only"):
-            runtime.cache_root(env)
-        check_environment(env)
+        check_environment(env, serving=mode not in MODES)
         serve = effective_settings(defaults, env)
         command = build_command(serve, argv)
         secrets = runtime.secret_values(env, command)

@@ -137,8 +137,7 @@ def _size(path: Path) -> int:
 
 
 def cache_root(env: dict) -> Path:
-    """$HOME/.cache, checked writable. Called before the path variables are checked: HF_HOME and the
-    other defaults live under it, and an unwritable mount is best named as the mount."""
+    """$HOME/.cache, checked writable (the entrypoint checks it right after HOME, before HF_HOME)."""
     root = Path(env.get("HOME") or "/home/dsv4") / ".cache"
     if not _writable(root):
         try:

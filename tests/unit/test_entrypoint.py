@@ -297,3 +297,25 @@ def test_a_model_the_target_does_not_know_gets_no_borrowed_profile(tmp_path):
     serve = ep.effective_settings(defaults("sm120"), env)
     assert "checkpoint_profile" not in serve and ep.checkpoint_profile(defaults("sm120"), serve, env) is None
     assert _last(ep.build_command(serve, []), "--moe-backend") == "auto"
+
+
+def test_serving_names_an_unwritable_cache_mount_before_the_variables_under_it(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "serve.json"
+    path.write_text(json.dumps(defaults("cpu")))
+    home = tmp_path / "home"
+    (home / ".cache").mkdir(parents=True)
+    env = {"HOME": str(home), "HF_HOME": str(home / ".cache" / "huggingface")}
+    monkeypatch.setattr(ep.runtime, "_writable", lambda p: p != home / ".cache")  # as a host mount owned by another uid
+    assert ep.main([], env, path) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"[dsv4-flash] error: the cache directory {home / '.cache'} is not writable (owned by uid")
+    assert "HF_HOME" not in err and "\n" not in err
+
+
+def test_serving_checks_home_itself_before_its_cache(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "serve.json"
+    path.write_text(json.dumps(defaults("cpu")))
+    monkeypatch.chdir(tmp_path)
+    assert ep.main([], {"HOME": "relative"}, path) == 2
+    assert "HOME='relative' is not an absolute path" in capsys.readouterr().err
+    assert not (tmp_path / "relative").exists()  # nothing made under a relative HOME
