@@ -54,13 +54,6 @@ def test_a_host_cache_directory_the_container_cannot_write_is_one_line(cpu_image
     assert "--user <owner uid>:0" in logs and "Traceback" not in logs
 
 
-@pytest.fixture(scope="module")
-def cache_volume(docker_client):
-    volume = docker_client.volumes.create(f"dsv4-test-cache-{random.randrange(1 << 30)}")
-    yield volume.name
-    volume.remove(force=True)
-
-
 def _serve_as(image: str, uid: int, volume: str):
     c = container(image, env={"VLLM_EXTRA_ARGS": f"--api-key {API_KEY}", "HF_TOKEN": HF_TOKEN},
                   user=f"{uid}:0").with_volume_mapping(volume, "/home/dsv4/.cache", "rw")
@@ -86,33 +79,32 @@ def _get(url: str, key: str | None = None) -> int:
         return 0
 
 
-def test_any_uid_serves_keeps_secrets_out_of_the_logs_and_a_restart_reuses_the_caches(cpu_image, cache_volume,
-                                                                                        docker_client, report):
-    uids = random.sample(range(10_000, 60_000), 2)
-    cold = _serve_as(cpu_image[0], uids[0], cache_volume)
+def test_any_uid_serves_keeps_secrets_out_of_the_logs_and_a_restart_reuses_the_caches(cpu_image, mtp_server,
+                                                                                        cache_volume, report):
+    """The session's MTP server started cold as one arbitrary UID on the cache volume; a second UID starts
+    on the same volume while the first still serves (replicas sharing it), with an API key and a token."""
+    first_uid = mtp_server.docker.exec_run("id -u").output.decode().strip()
+    first = re.search(r"caches: cold for build ([0-9a-f]{16})", mtp_server.logs())
+    assert first and first_uid not in ("0", "2000"), (first_uid, mtp_server.logs()[-2000:])
+    # group 0 may write what the first UID made
+    listing = mtp_server.docker.exec_run(["sh", "-c", "find /home/dsv4/.cache/dsv4-flash -maxdepth 2 -printf '%M %g %p\\n'"])
+    lines = listing.output.decode().splitlines()
+    assert lines and all(line.split()[0][4:6] == "rw" and line.split()[1] == "root" for line in lines), lines
+    uid = random.choice([u for u in range(10_000, 60_000, 7) if str(u) != first_uid])
+    second = _serve_as(cpu_image[0], uid, cache_volume)
     try:
-        assert cold.docker.exec_run("id -u").output.decode().strip() == str(uids[0])
-        assert _get(f"{cold.url}/v1/models") == 401 and _get(f"{cold.url}/v1/models", API_KEY) == 200
-        assert cold.docker.exec_run("dsv4-serve --ready").exit_code == 0  # the probe knows the key and the port
-        assert _complete(cold.url, API_KEY)["choices"][0]["text"]
-        logs = cold.logs()
+        assert second.docker.exec_run("id -u").output.decode().strip() == str(uid)
+        assert _get(f"{second.url}/v1/models") == 401 and _get(f"{second.url}/v1/models", API_KEY) == 200
+        assert second.docker.exec_run("dsv4-serve --ready").exit_code == 0  # the probe knows the key and the port
+        assert _complete(second.url, API_KEY)["choices"][0]["text"]
+        logs = second.logs()
         assert API_KEY not in logs and HF_TOKEN not in logs, "a secret reached the logs"
         assert "--api-key '***'" in logs
-        assert re.search(r"caches: cold for build [0-9a-f]{16}", logs)
-        # group 0 may write what this UID made: another UID shares the volume next
-        listing = cold.docker.exec_run(["sh", "-c", "find /home/dsv4/.cache/dsv4-flash -maxdepth 2 -printf '%M %g %p\\n'"])
-        assert all(line.split()[0][4:6] == "rw" and line.split()[1] == "root"
-                   for line in listing.output.decode().splitlines()), listing.output.decode()
+        assert re.search(rf"caches: warm for build {first.group(1)} \(first start ", logs), logs[-2000:]
     finally:
-        stop(cold.container)
-    warm = _serve_as(cpu_image[0], uids[1], cache_volume)
-    try:
-        assert re.search(r"caches: warm for build [0-9a-f]{16} \(first start ", warm.logs())
-        assert warm.docker.exec_run("dsv4-serve --ready").exit_code == 0
-    finally:
-        stop(warm.container)
-    report["restart"] = {"uids": uids, "cold_start_to_healthy_s": round(cold.start_to_healthy_s, 1),
-                         "warm_start_to_healthy_s": round(warm.start_to_healthy_s, 1),
+        stop(second.container)
+    report["restart"] = {"uids": [int(first_uid), uid], "cold_start_to_healthy_s": round(mtp_server.start_to_healthy_s, 1),
+                         "warm_start_to_healthy_s": round(second.start_to_healthy_s, 1),
                          "note": "cpu target runs eager: little is compiled, so cold and warm differ little"}
 
 
@@ -129,6 +121,12 @@ def test_the_readme_run_commands_work_as_written(cpu_image, docker_client, repor
     for ref in ("ghcr.io/acme/dsv4-flash:cpu", "ghcr.io/acme/dsv4-flash:sm100", "ghcr.io/acme/dsv4-flash:sm120"):
         docker_client.images.get(cpu_image[0]).tag(ref)
     seconds = {}
+    others = {c.id for c in docker_client.containers.list(all=True)}  # the session's shared servers among them
+
+    def remove_ours():
+        for c in docker_client.containers.list(all=True):
+            if c.id not in others:
+                c.remove(force=True)
     try:
         for command in _readme_commands():
             image = next(w for w in shlex.split(command.replace('"$(id -u)', '"0')) if w.startswith("ghcr.io/"))
@@ -148,8 +146,7 @@ def test_the_readme_run_commands_work_as_written(cpu_image, docker_client, repor
                 assert client.served_model("http://127.0.0.1:8000") == "tiny-mtp", command
                 seconds[command] = round(time.monotonic() - started, 1)
             finally:
-                for c in docker_client.containers.list(all=True, filters={"ancestor": "ghcr.io/acme/dsv4-flash:cpu"}):
-                    c.remove(force=True)
+                remove_ours()  # by id: an ancestor filter would also match the shared servers of the same image
                 try:
                     process.wait(timeout=30)
                 except subprocess.TimeoutExpired:  # the attached client outlived its container

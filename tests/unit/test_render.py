@@ -129,3 +129,16 @@ def test_serve_defaults_json_is_what_the_entrypoint_reads(tmp_path, capsys):
     assert (_flag(cpu, "--dtype"), cpu[-1]) == ("bfloat16", "--enforce-eager")
     assert json.loads(_flag(cpu, "--speculative-config")) == {"method": "mtp", "num_speculative_tokens": 2}
     assert "--kv-cache-dtype" not in cpu
+
+
+@pytest.mark.parametrize("target", ["cpu", "sm100", "sm120"])
+def test_byte_code_is_unchecked_and_recompiled_after_every_patch(target):
+    """Unchecked-hash .pyc are trusted without reading their source, so whatever changes a .py file after
+    the first compile (our patch series) must be followed by a forced compile of what it changed."""
+    text = (REPO_ROOT / f"Dockerfile.{target}").read_text()
+    compiles = re.findall(r"python -m compileall[^\n]*", text)
+    assert compiles and all("--invalidation-mode unchecked-hash" in c and " -f " in c for c in compiles), compiles
+    patch_runs = re.findall(r"patch -p1 --batch[\s\S]*?\n\s*fi\n", text)
+    assert len(patch_runs) == 1  # every target has a series, applied in one RUN
+    for patch_run in patch_runs:
+        assert "compileall -q -f" in patch_run.split("patch -p1", 1)[1].rsplit("patch -p1", 1)[-1]
