@@ -4,6 +4,7 @@ on machines without a registry; every container here is removed by its fixture i
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sys
@@ -64,10 +65,19 @@ def report():
 
 
 def pytest_sessionfinish(session, exitstatus):
+    """Write the figures; with DSV4_FIGURES_MERGE=1 (`./dev test` runs two sessions side by side) merge them
+    into what the other session wrote, under a lock."""
     if REPORT:
         out = REPO_ROOT / "reports"
         out.mkdir(exist_ok=True)
-        (out / "test-figures.json").write_text(json.dumps(REPORT, indent=2, sort_keys=True, default=str) + "\n")
+        path = out / "test-figures.json"
+        with open(out / ".test-figures.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            merged = {}
+            if os.environ.get("DSV4_FIGURES_MERGE") == "1" and path.exists():
+                merged = json.loads(path.read_text())
+            merged.update(json.loads(json.dumps(REPORT, default=str)))
+            path.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
 
 
 def pytest_terminal_summary(terminalreporter):
