@@ -5,22 +5,20 @@ and with the build lock's CMake)."""
 
 import gzip
 import hashlib
-import http.server
 import io
 import re
 import shutil
 import subprocess
 import tarfile
-import threading
 import urllib.error
 import zipfile
-from functools import partial
 from pathlib import Path
 
 import pytest
 
 from dsv4_images import REPO_ROOT, download, externals, matrix, render, resolve_externals, sources, wheelhouse
 from dsv4_images.errors import UserError
+from tests.support.local_files import served_directory
 
 M = matrix.load()
 SM = M.resolve("sm120")
@@ -127,10 +125,8 @@ def _targz(files: dict[str, bytes], prefix: str) -> tuple[bytes, str]:
 def http_root(tmp_path):
     root = tmp_path / "www"
     root.mkdir()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(http.server.SimpleHTTPRequestHandler, directory=str(root)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with served_directory(root) as url:
+        yield root, url
 
 
 def test_the_host_keeps_an_archive_only_when_its_tar_has_the_pinned_sha256(http_root, tmp_path, monkeypatch):

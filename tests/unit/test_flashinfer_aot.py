@@ -4,14 +4,11 @@ AOTProvider lookup accepts (checked with FlashInfer's own code from the locked w
 from __future__ import annotations
 
 import ast
-import functools
 import hashlib
-import http.server
 import importlib
 import json
 import subprocess
 import sys
-import threading
 import types
 import zipfile
 from pathlib import Path
@@ -20,6 +17,7 @@ import pytest
 
 from dsv4_images import REPO_ROOT, matrix, wheelhouse
 from dsv4_images import flashinfer_aot as aot
+from tests.support.local_files import served_directory
 
 M = matrix.load()
 SM100 = M.resolve("sm100")
@@ -31,12 +29,8 @@ SM100 = M.resolve("sm100")
 def artifact_server(tmp_path):
     root = tmp_path / "repo"
     root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
+    with served_directory(root) as url:
+        yield root, f"{url}/"
 
 
 def _publish(root: Path, package: str, files: dict[str, bytes]) -> str:

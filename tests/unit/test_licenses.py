@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 from packaging.licenses import canonicalize_license_expression
 
 from dsv4_images import matrix, render
 from dsv4_images.errors import UserError
+from tests.support.local_files import broken_matrix
 
 M = matrix.load()
 FILES = render.render_all(M)
@@ -26,15 +26,6 @@ def test_the_license_label_is_an_spdx_expression_of_what_the_image_carries(targe
     assert any(term.startswith("LicenseRef-NVIDIA") for term in terms)  # CUDA wheels: also the cpu image's torch
 
 
-def _broken(tmp_path: Path, old: str, new: str) -> Path:
-    text = matrix.MATRIX_PATH.read_text()
-    assert text.count(old) == 1, old
-    path = tmp_path / "matrix.toml"
-    path.write_text(text.replace(old, new))
-    (tmp_path / "patches").symlink_to(matrix.MATRIX_PATH.parent / "patches")
-    return path
-
-
 @pytest.mark.parametrize("old,new,message", [
     ('licenses = "MIT"', 'licenses = "MIT-ish"', "project.licenses: not an SPDX license expression"),
     ('"GPL-3.0-or-later WITH GCC-exception-3.1", "LicenseRef-NVIDIA-CUDA-EULA"]',
@@ -42,5 +33,5 @@ def _broken(tmp_path: Path, old: str, new: str) -> Path:
 ])
 def test_a_license_that_is_not_spdx_is_one_line_naming_the_key(tmp_path, old, new, message):
     with pytest.raises(UserError) as exc:
-        matrix.load(_broken(tmp_path, old, new))
+        matrix.load(broken_matrix(tmp_path, old, new))
     assert message in str(exc.value) and "\n" not in str(exc.value)

@@ -1,11 +1,11 @@
 import json
 import re
-from pathlib import Path
 
 import pytest
 
 from dsv4_images import REPO_ROOT, matrix
 from dsv4_images.errors import UserError
+from tests.support.local_files import broken_matrix
 
 M = matrix.load()
 
@@ -79,15 +79,6 @@ def test_matrix_json_is_what_the_workflow_reads():
     assert [e["target"] for e in json.loads(M.as_json(kind="cpu"))["include"]] == ["cpu"]
 
 
-def _broken(tmp_path: Path, old: str, new: str, count: int = 1) -> Path:
-    text = matrix.MATRIX_PATH.read_text()
-    assert old in text
-    path = tmp_path / "matrix.toml"
-    path.write_text(text.replace(old, new, count))
-    (tmp_path / "patches").symlink_to(matrix.MATRIX_PATH.parent / "patches")
-    return path
-
-
 @pytest.mark.parametrize("old,new,key", [
     ("tensor_parallel_size = 4", 'tensor_parallel_size = "four"', "targets.sm100.serve.tensor_parallel_size"),
     ("num_speculative_tokens = 2", "num_speculative_tokens = -1", "targets.sm100.serve.num_speculative_tokens"),
@@ -113,25 +104,25 @@ def _broken(tmp_path: Path, old: str, new: str, count: int = 1) -> Path:
 ])
 def test_a_bad_entry_is_a_clear_error_naming_the_key(tmp_path, old, new, key):
     with pytest.raises(UserError) as exc:
-        matrix.load(_broken(tmp_path, old, new))
+        matrix.load(broken_matrix(tmp_path, old, new, first_only=True))
     assert key in str(exc.value)
     assert "\n" not in str(exc.value)
 
 
 def test_a_missing_patch_file_is_named(tmp_path):
-    path = _broken(tmp_path, "0001-cpu-expand-kernel-keeps-float-outputs.patch", "0001-nope.patch")
+    path = broken_matrix(tmp_path, "0001-cpu-expand-kernel-keeps-float-outputs.patch", "0001-nope.patch", first_only=True)
     with pytest.raises(UserError, match=r"targets.cpu.patches\[0\].file: no such file .*0001-nope.patch"):
         matrix.load(path)
 
 
 def test_a_target_extending_itself_through_another_is_a_cycle(tmp_path):
-    path = _broken(tmp_path, "[targets.sm100]\n", '[targets.sm100]\nextends = "sm120"\n')
+    path = broken_matrix(tmp_path, "[targets.sm100]\n", '[targets.sm100]\nextends = "sm120"\n', first_only=True)
     with pytest.raises(UserError, match=r"^matrix.toml: targets.sm100.extends: cycle sm100 -> sm120 -> sm100$"):
         matrix.load(path)
 
 
 def test_an_alias_claimed_by_two_targets_is_refused(tmp_path):
-    path = _broken(tmp_path, 'aliases = ["cpu", "x86_64", "x86-64"]', 'aliases = ["cpu", "x86_64", "SM_120"]')
+    path = broken_matrix(tmp_path, 'aliases = ["cpu", "x86_64", "x86-64"]', 'aliases = ["cpu", "x86_64", "SM_120"]', first_only=True)
     with pytest.raises(UserError, match=r"targets.cpu.aliases: 'SM_120' is also an alias of sm120"):
         matrix.load(path)
 

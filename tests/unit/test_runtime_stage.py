@@ -4,12 +4,12 @@ locks: test_cuda_locks.py). Each test names the defect it catches."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
 from dsv4_images import REPO_ROOT, matrix, render
 from dsv4_images.errors import UserError
+from tests.support.local_files import broken_matrix
 
 M = matrix.load()
 FILES = render.render_all(M)
@@ -171,15 +171,6 @@ def test_the_image_id_changes_with_what_is_prebuilt_and_pinned(target):
 
 # ---- the matrix refuses what would break these -------------------------------------------------------
 
-def _broken(tmp_path: Path, old: str, new: str) -> Path:
-    text = matrix.MATRIX_PATH.read_text()
-    assert text.count(old) == 1, old
-    path = tmp_path / "matrix.toml"
-    path.write_text(text.replace(old, new))
-    (tmp_path / "patches").symlink_to(matrix.MATRIX_PATH.parent / "patches")
-    return path
-
-
 @pytest.mark.parametrize("old,new,message", [
     ("apt_snapshot = {", "apt_snapshotx = {", "targets.sm100.toolchain.apt_snapshotx: unknown key"),
     ('url = "http://snapshot.ubuntu.com/ubuntu/20261129T000000Z"', 'url = "http://archive.ubuntu.com/ubuntu"',
@@ -194,13 +185,13 @@ def _broken(tmp_path: Path, old: str, new: str) -> Path:
 ])
 def test_the_matrix_refuses_a_runtime_that_is_not_pinned_or_named(tmp_path, old, new, message):
     with pytest.raises(UserError) as exc:
-        matrix.load(_broken(tmp_path, old, new))
+        matrix.load(broken_matrix(tmp_path, old, new))
     assert message in str(exc.value) and "\n" not in str(exc.value)
 
 
 def test_a_cuda_target_without_prebuilt_flashinfer_is_refused(tmp_path):
     text = matrix.MATRIX_PATH.read_text()
     table = text[text.index("\n[targets.sm100.flashinfer]\n"):text.index("\n[targets.sm100.vllm]\n")]
-    path = _broken(tmp_path, table, "")
+    path = broken_matrix(tmp_path, table, "")
     with pytest.raises(UserError, match="targets.sm100.flashinfer: missing"):
         matrix.load(path)

@@ -4,18 +4,16 @@ what each stage is given (arch list, build type, labels, the checker bind-mounte
 
 import gzip
 import hashlib
-import http.server
 import io
 import re
 import subprocess
 import tarfile
-import threading
-from functools import partial
 
 import pytest
 
 from dsv4_images import matrix, render
 from tests.support.fetch_lint import instructions
+from tests.support.local_files import served_directory
 
 M = matrix.load()
 SM = M.resolve("sm120")
@@ -52,10 +50,8 @@ def test_the_unresolved_refusal_runs_as_one_line_and_fails():
 def archive_server(tmp_path):
     root = tmp_path / "www"
     root.mkdir()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(http.server.SimpleHTTPRequestHandler, directory=str(root)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with served_directory(root) as url:
+        yield root, url
 
 
 def test_an_archive_is_unpacked_only_when_its_tar_has_the_pinned_sha256(archive_server, tmp_path):
