@@ -77,7 +77,12 @@ def container(image: str, env: dict | None = None, volumes: list[tuple[str, str]
     """The container, not started; volumes are mounted read-only. `host_port`: a port or (ip, port);
     `docker_kwargs` go to docker-py's create (device_requests, ipc_mode, ulimits, user, ...)."""
     c = DockerContainer(image).with_kwargs(**({"shm_size": shm_size} if shm_size else {}), **docker_kwargs)
-    c = c.with_bind_ports(PORT, host_port) if host_port else c.with_exposed_ports(PORT)
+    if host_port is None:
+        c = c.with_exposed_ports(PORT)
+    elif isinstance(host_port, tuple):  # docker-py binds (address, port); testcontainers' with_bind_ports takes a port only
+        c.ports[str(PORT)] = host_port
+    else:
+        c = c.with_bind_ports(PORT, host_port)
     for key, value in (env or {}).items():
         c = c.with_env(key, value)
     for host, inside in volumes or []:
