@@ -40,12 +40,25 @@ class ServingWait(HttpWaitStrategy):
         self._target = container
         super().wait_until_ready(container)
 
+    def _build_url(self, container) -> str:
+        host, port = address(container)
+        return f"http://{host}:{port}/health"
+
     def _try_http_request(self, url, headers, ssl_context) -> bool:
         wrapped = self._target.get_wrapped_container()
         wrapped.reload()
         if wrapped.status not in ("created", "running"):
             raise _Exited(wrapped.status)
         return super()._try_http_request(url, headers, ssl_context)
+
+
+def address(c: DockerContainer) -> tuple[str, int]:
+    """Where the host reaches the server: the address it was bound to, else where testcontainers says
+    (which may be Docker's gateway, 172.17.0.1, a port bound to 127.0.0.1 does not answer there)."""
+    bound = c.ports.get(str(PORT))
+    if isinstance(bound, tuple):
+        return bound[0], int(bound[1])
+    return c.get_container_host_ip(), int(c.get_exposed_port(PORT))
 
 
 class Server:
@@ -109,7 +122,7 @@ def start(c: DockerContainer, timeout: float = 900) -> Server:
     except TimeoutError:
         message = f"{c.image} not healthy after {timeout:.0f}s{_last_lines(c)}"
     else:
-        url = f"http://{c.get_container_host_ip()}:{c.get_exposed_port(PORT)}"
+        url = "http://{}:{}".format(*address(c))
         return Server(c, url, time.monotonic() - started)
     stop(c)
     raise UserError(message)

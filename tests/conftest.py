@@ -75,7 +75,14 @@ def pytest_sessionfinish(session, exitstatus):
             fcntl.flock(lock, fcntl.LOCK_EX)
             merged = {}
             if os.environ.get("DSV4_FIGURES_MERGE") == "1" and path.exists():
-                merged = json.loads(path.read_text())
+                try:
+                    merged = json.loads(path.read_text())
+                    if not isinstance(merged, dict):
+                        raise ValueError("not a JSON object")
+                except (OSError, ValueError) as exc:  # not the sibling run's: a leftover, truncated or edited file
+                    print(f"figures: {path} is unreadable ({' '.join(str(exc).split())[:120]}); "
+                          "it is replaced by this run's figures", file=sys.stderr)
+                    merged = {}
             merged.update(json.loads(json.dumps(REPORT, default=str)))
             path.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
 

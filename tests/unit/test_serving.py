@@ -12,3 +12,11 @@ def test_a_host_address_and_port_are_bound_as_given():
 def test_a_bare_host_port_and_no_port_at_all():
     assert serving.container("x", host_port=8123).ports == {str(serving.PORT): 8123}
     assert serving.container("x").ports == {str(serving.PORT): None}  # Docker picks a free port
+
+
+def test_a_server_bound_to_an_address_is_waited_on_and_reached_there():
+    """testcontainers may name Docker's gateway (172.17.0.1) as the host, where a port bound to 127.0.0.1
+    does not answer: the demo then waited its whole timeout on a healthy server."""
+    c = serving.container("x", host_port=("127.0.0.1", 8123))
+    assert serving.address(c) == ("127.0.0.1", 8123)
+    assert serving.ServingWait()._build_url(c) == "http://127.0.0.1:8123/health"
