@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import re
 import sys
 import urllib.parse
 from pathlib import Path
@@ -156,7 +157,7 @@ def cmd_build(args) -> int:
     m = _matrix()
     build = plan.make(m, m.resolve(args.arch), provenance.current(), image=args.image, owner=args.owner,
                       tags=args.tag, push=args.push, no_cache=args.no_cache, unpatched=args.unpatched,
-                      reproducible=args.reproducible or None, vllm=args.vllm)
+                      reproducible=args.reproducible or None, vllm=args.vllm, flashinfer_modules=args.flashinfer_modules)
     if args.dry_run:
         _say(build.as_json() if args.json else build.describe())
         return 0
@@ -219,7 +220,9 @@ def cmd_lock(args) -> int:
 def cmd_base(args) -> int:
     from . import base, docker_client
     target = _matrix().resolve(args.arch)
-    _say(f"base for {target.name}: {base.ensure_base(docker_client.connect(), target, _say, force_bootstrap=args.force)}")
+    ref = base.ensure_base(docker_client.connect(), target, _say, force_bootstrap=args.force,
+                           update_manifest=args.update_manifest)
+    _say(f"base for {target.name}: {ref}")
     return 0
 
 
@@ -287,6 +290,12 @@ def _tag(text: str) -> str:
     return text
 
 
+def _module_set(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9_]{1,40}", value):
+        raise ValueError("a module set name: lowercase letters, digits and '_'")
+    return value
+
+
 def _build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", required=True, type=ARCH, help="target or alias: sm_100a, sm_103a, sm_120, cpu, ...")
     p.add_argument("--push", action="store_true", help="push every tag after the build")
@@ -302,6 +311,8 @@ def _build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
     p.add_argument("--vllm", choices=["wheel", "sdist"],
                    help="get vLLM from PyPI's locked wheel or compile the pinned sdist (default: the target's, see matrix.toml)")
+    p.add_argument("--flashinfer-modules", metavar="SET", type=inputs.flag(_module_set),
+                   help="FlashInfer AOT module set: full (default, a release image) or a named smaller set (matrix.toml)")
 
 
 def _verify_arguments(p: argparse.ArgumentParser) -> None:
@@ -326,9 +337,11 @@ SUBCOMMANDS = {  # name -> (help, arguments, handler)
         p.add_argument("--check", action="store_true", help="fail when a lock is stale")), cmd_lock),
     "patches": ("apply every target's patch series to the pinned vLLM source",
                 lambda p: p.add_argument("--arch", type=ARCH, help="one target only"), cmd_patches),
-    "base": ("make the cpu target's Debian base (pull by digest, else mmdebstrap)", lambda p: (
+    "base": ("make a target's Debian base (cpu: pull by digest, else mmdebstrap; sm: mmdebstrap)", lambda p: (
         p.add_argument("--arch", type=ARCH, default="cpu"),
-        p.add_argument("--force", action="store_true", help="bootstrap even if the pinned base can be had")), cmd_base),
+        p.add_argument("--force", action="store_true", help="bootstrap even if the pinned base can be had"),
+        p.add_argument("--update-manifest", action="store_true",
+                       help="bootstrap and write the package manifest it gave (a reviewed change)")), cmd_base),
     "demo": ("build the cpu image, serve the tiny MTP model, print acceptance and corrupted-output counts", lambda p: (
         p.add_argument("--keep", action="store_true", help="leave the server running"),
         p.add_argument("--port", type=inputs.flag(inputs.port), default=8000,

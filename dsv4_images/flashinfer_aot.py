@@ -122,6 +122,27 @@ def parse_modules(values: list[str]) -> list[tuple[str, str]]:
     return modules
 
 
+FULL_SET = "full"
+
+
+def select(modules: list[tuple[str, str]], wanted: str, sets: list[str]) -> list[tuple[str, str]]:
+    """The modules of the named set: `full` is every --module; `--set NAME=a,b` defines a smaller one (a CI
+    build's), which must name modules of the list."""
+    named = {FULL_SET: [name for name, _ in modules]}
+    for value in sets:
+        name, sep, members = value.partition("=")
+        if not sep or not name or not members:
+            raise AotError(f"--set {value!r}: expected NAME=module,module")
+        named[name] = members.split(",")
+    if wanted not in named:
+        raise AotError(f"module set {wanted!r} is not one of {', '.join(sorted(named))}")
+    known = {name for name, _ in modules}
+    unknown = [m for m in named[wanted] if m not in known]
+    if unknown:
+        raise AotError(f"module set {wanted!r} names {', '.join(unknown)}, which no --module defines")
+    return [(name, generator) for name, generator in modules if name in named[wanted]]
+
+
 def make_spec(name: str, generator: str):
     module_name, function = generator.split(":")
     try:
@@ -271,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("--device-arch", required=True)
     verify.add_argument("--load", action="store_true")
     verify.add_argument("--module", action="append", required=True)
+    for command in (make, verify):
+        command.add_argument("--module-set", default=FULL_SET, help="which modules: full (default) or a --set name")
+        command.add_argument("--set", action="append", default=[], metavar="NAME=a,b", help="a named smaller set")
     args = parser.parse_args(argv)
     try:
         if args.command == "fetch-cubins":
@@ -281,11 +305,11 @@ def main(argv: list[str] | None = None) -> int:
             for _, path, sha in packages:
                 fetch_package(args.repository, args.out, path, sha)
         elif args.command == "build":
-            wheel = build(parse_modules(args.module), args.arch_list, args.provider, args.build_dir, args.wheel_dir,
+            wheel = build(select(parse_modules(args.module), args.module_set, args.set), args.arch_list, args.provider, args.build_dir, args.wheel_dir,
                           args.job_gib)
             print(f"aot: wrote {wheel} ({wheel.stat().st_size / 1e6:.1f} MB)")
         else:
-            check(parse_modules(args.module), args.device_arch, args.load)
+            check(select(parse_modules(args.module), args.module_set, args.set), args.device_arch, args.load)
     except AotError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -36,10 +36,13 @@ def lock_inputs(target: Target, kind: str) -> dict:
         requirements = {"sdist_sha256": vllm.sdist_sha256, "files": list(files)}
         if kind == "runtime" and vllm.extra_requirements:
             requirements["extra"] = list(vllm.extra_requirements)
+        if kind == "build" and target.is_cuda:
+            # No NVIDIA devel image under the compile: nvcc, its headers and cuobjdump come from PyPI too.
+            requirements["extra"] = [*tc.cuda_wheels, *([vllm.sass.tool] if vllm.sass else [])]
     else:
         requirements = {"requirements": list(vllm.requirements)}
     # The CUDA toolchain wheels pin the runtime's nvcc to the CUDA release (a dependency asks for any nvcc).
-    overrides = list(vllm.overrides) + (list(tc.cuda_wheels) if kind == "runtime" else [])
+    overrides = list(vllm.overrides) + (list(tc.cuda_wheels) if kind in ("runtime", "build") and target.is_cuda else [])
     return {"kind": kind, "python": tc.python, "platform": tc.wheel_platform, "overrides": overrides, **requirements}
 
 
@@ -55,7 +58,9 @@ def _uv() -> str:
     return find_uv_bin()
 
 
-def compile_lock(target: Target, kind: str, workdir: Path) -> str:
+def compile_lock(target: Target, kind: str, workdir: Path, previous: str | None = None) -> str:
+    """The lock's text. With `previous` (the committed lock), uv keeps its pins wherever they still satisfy
+    the inputs, so a change of inputs moves only what it must."""
     inputs = lock_inputs(target, kind)
     if "files" in inputs:
         source_root = extract(fetch_sdist(target), workdir, members_under="requirements")
@@ -73,6 +78,10 @@ def compile_lock(target: Target, kind: str, workdir: Path) -> str:
            "--index-url", "https://pypi.org/simple", "--no-config"]
     if inputs.get("no_deps"):
         cmd.append("--no-deps")
+    output = workdir / "lock.txt"
+    if previous:
+        output.write_text(previous)
+    cmd += ["--output-file", str(output)]
     if inputs.get("overrides"):
         overrides = workdir / "overrides.txt"
         overrides.write_text("\n".join(inputs["overrides"]) + "\n")
@@ -81,7 +90,7 @@ def compile_lock(target: Target, kind: str, workdir: Path) -> str:
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise UserError(f"uv could not lock {target.name} ({kind}): {last}")
-    body = result.stdout.replace(str(workdir) + "/", "")  # annotations name inputs relative to the workdir
+    body = output.read_text().replace(str(workdir) + "/", "")  # annotations name inputs relative to the workdir
     return HEADER.format(target=target.name, kind=kind, digest=inputs_digest(target, kind)) + body
 
 
@@ -104,10 +113,10 @@ def write_locks(matrix: Matrix, targets: list[Target], progress=print) -> list[s
     written = []
     for target in targets:
         for kind, rel in target.lock_files.items():
-            with tempfile.TemporaryDirectory() as tmp:
-                text = compile_lock(target, kind, Path(tmp))
-            check_pins(target, text, rel)
             path = REPO_ROOT / rel
+            with tempfile.TemporaryDirectory() as tmp:
+                text = compile_lock(target, kind, Path(tmp), path.read_text() if path.exists() else None)
+            check_pins(target, text, rel)
             path.parent.mkdir(exist_ok=True)
             if not path.exists() or path.read_text() != text:
                 path.write_text(text)

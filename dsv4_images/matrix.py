@@ -32,6 +32,7 @@ IN_IMAGE_FILES = ("dsv4_images/in_image/entrypoint.py", "dsv4_images/in_image/ch
                   "dsv4_images/in_image/runtime.py", "dsv4_images/in_image/dsv4-serve")
 # Scripts the build stages run (bind-mounted, never copied into the image).
 SASS_CHECK, COMPILE_JOBS = "dsv4_images/in_image/sass_check.py", "dsv4_images/in_image/compile_jobs.py"
+CUDA_TOOLKIT = "dsv4_images/in_image/cuda_toolkit.py"
 # Where the vllm-externals stage unpacks the pinned trees.
 EXTERNALS_DIR = "/externals"
 # Set for the compile: any git clone or URL download vLLM's CMake still attempts fails at once and loudly,
@@ -51,7 +52,6 @@ Text = Annotated[str, StringConstraints(min_length=1)]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 DigestRef = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$")]
 Positive = Annotated[int, Field(ge=1)]
-SnapshotUrl = Annotated[str, StringConstraints(pattern=r"^https?://[A-Za-z0-9./_-]+/\d{8}T\d{6}Z/?$")]
 # Values rendered into shell commands verbatim: no spaces, quotes, % or $.
 Word = Annotated[str, Field(strict=True), StringConstraints(pattern=r"^[A-Za-z0-9/][A-Za-z0-9._/-]*$")]
 Words = Annotated[tuple[Word, ...], Field(strict=False, min_length=1)]
@@ -79,32 +79,27 @@ class Project(_Table):
 
 
 class Bootstrap(_Table):
-    """How `build.py base` makes the base from Debian's archive when the pinned digest cannot be pulled."""
+    """How `build.py base` makes the base from Debian's archive (mmdebstrap), for a target with no upstream
+    base or when its pinned digest cannot be pulled."""
     suite: Text
     mirror: Text
+    # A dated snapshot of the same archive, used when it answers (it fixes every package version); the
+    # live mirror otherwise. Either way the result must equal `manifest`.
+    snapshot: Text | None = None
     variant: Literal["minbase", "essential", "apt"]
     include: Strings
     source_date_epoch: NonNegative  # the base's own fixed time: rebuilding it does not depend on the commit
+    # Every package=version the bootstrap must give (committed; `build.py base --update-manifest` rewrites it).
+    manifest: Text | None = None
 
 
 class Base(_Table):
-    build: DigestRef
-    runtime: DigestRef
+    # An upstream image the base stands for, pulled by digest where a registry answers (cpu only). A target
+    # without one is always built on the bootstrapped base, which then carries every distribution package the
+    # image needs (the Dockerfile runs no apt).
+    build: DigestRef | None = None
+    runtime: DigestRef | None = None
     bootstrap: Bootstrap | None = None
-
-
-class AptSnapshot(_Table):
-    """The only apt source the runtime stage installs from: one dated snapshot of the distribution's
-    archive, so a rebuild installs the same packages and the same dependencies (signatures still checked)."""
-    url: SnapshotUrl
-    suites: Words
-    components: Words
-    signed_by: Word
-
-    def deb822(self) -> str:
-        """The sources file as a printf format (the values are Words: nothing printf or the shell would expand)."""
-        return (f"Types: deb\\nURIs: {self.url}\\nSuites: {' '.join(self.suites)}\\n"
-                f"Components: {' '.join(self.components)}\\nSigned-By: {self.signed_by}\\n")
 
 
 class Toolchain(_Table):
@@ -120,12 +115,14 @@ class Toolchain(_Table):
     # FlashInfer's AOT build compiles for this list; it is never set in the running image (there FlashInfer
     # compiles what is not prebuilt for the GPU it finds).
     flashinfer_cuda_arch_list: Text | None = None
-    apt_snapshot: AptSnapshot | None = None
     # The CUDA toolchain the runtime compiles with (nvcc, ptxas, crt and CCCL headers), PyPI wheels pinned
     # to the CUDA release and resolved into the target's lock as overrides.
     cuda_wheels: Annotated[tuple[Pin, ...], Field(strict=False)] = ()
     # The host compiler nvcc and Triton use at run time: its major version at least this (checked in the image).
     gcc_min_major: Positive | None = None
+    # The oldest host driver that runs `cuda` natively (no forward-compatibility libraries in the image):
+    # the entrypoint refuses an older one, and NVIDIA_REQUIRE_CUDA tells the container toolkit the same.
+    min_driver: Annotated[str, StringConstraints(pattern=r"^\d+\.\d+(\.\d+)?$")] | None = None
 
 
 class FlashInferModule(_Table):
@@ -151,6 +148,13 @@ class FlashInfer(_Table):
     aot_job_gib: Positive
     cubins_repository: Text | None = None
     cubin_packages: Annotated[tuple[CubinPackage, ...], Field(strict=False)] = ()
+    # Named smaller module sets a build may ask for (FLASHINFER_MODULE_SET; the default is every module):
+    # CI's, which must still compile at least one module for real. The image's labels and
+    # `dsv4-serve --version` name the set, so such an image is never taken for a release.
+    module_sets: dict[ModuleName, Annotated[tuple[ModuleName, ...], Field(strict=False, min_length=1)]] = {}
+
+    def set_arguments(self) -> list[str]:
+        return [f"--set {name}={','.join(members)}" for name, members in sorted(self.module_sets.items())]
 
     @property
     def aot_script(self) -> str:
@@ -367,6 +371,7 @@ class Target(_Table):
     externals_root: ClassVar[str] = EXTERNALS_DIR
     sass_check_script: ClassVar[str] = SASS_CHECK
     compile_jobs_script: ClassVar[str] = COMPILE_JOBS
+    cuda_toolkit_script: ClassVar[str] = CUDA_TOOLKIT
 
     # ---- derived facts ----------------------------------------------------------------------
 
@@ -455,6 +460,12 @@ class Target(_Table):
         return f"{self.site_packages}/nvidia/cu{self.toolchain.cuda.split('.')[0]}"
 
     @property
+    def compile_archs(self) -> tuple[str, ...]:
+        """What vLLM's CMake compiles TORCH_CUDA_ARCH_LIST into: with CUDA >= 13 the family targets ("12.0" -> 12.0f)."""
+        family = "f" if int(self.toolchain.cuda.split(".")[0]) >= 13 else "a"
+        return tuple(a + family for a in re.split(r"[;\s]+", self.toolchain.torch_cuda_arch_list.strip()))
+
+    @property
     def flashinfer_architectures(self) -> tuple[str, ...]:
         """FlashInfer's names for what the AOT build compiles ("10.0a 10.3a" -> sm100a, sm103a)."""
         return tuple(f"sm{a.replace('.', '')}" for a in (self.toolchain.flashinfer_cuda_arch_list or "").split())
@@ -467,6 +478,38 @@ class Target(_Table):
     def version_tag(self) -> str:
         return f"{self.vllm.version}-{self.name}"
 
+    @property
+    def packages_in_base(self) -> bool:
+        """The base is always the bootstrapped one and carries every distribution package: no apt in the image."""
+        return self.base.runtime is None
+
+    def base_packages(self) -> tuple[str, ...]:
+        """What the bootstrap installs: its own list, and for a base that carries everything, the runtime's
+        packages and the compile's (the sdist's build stages start from the same base)."""
+        boot, tc = self.base.bootstrap, self.toolchain
+        names = list(boot.include)
+        if self.packages_in_base:
+            names += [*tc.runtime_packages, *tc.build_packages, *(self.vllm.compile.packages if self.vllm.compile else ())]
+        return tuple(dict.fromkeys(names))
+
+    def base_recipe(self) -> str:
+        boot = self.base.bootstrap
+        return (f"mmdebstrap --variant={boot.variant} --include={','.join(self.base_packages())} {boot.suite} "
+                f"{boot.mirror} (SOURCE_DATE_EPOCH={boot.source_date_epoch})")
+
+    @property
+    def base_tag(self) -> str:
+        """The bootstrapped base's local tag: its package list's hash in it, so other bases never stand in."""
+        boot = self.base.bootstrap
+        return f"dsv4-flash-base:{boot.suite}-{boot.variant}-{sha256_bytes(self.base_recipe().encode())[:12]}"
+
+    def base_manifest_sha256(self, root: Path = REPO_ROOT) -> str:
+        try:
+            return sha256_file(root / self.base.bootstrap.manifest)
+        except FileNotFoundError:
+            raise UserError(f"{self.base.bootstrap.manifest} is missing: run `python build.py base --arch {self.name} "
+                            "--update-manifest`") from None
+
     def build_id(self) -> str:
         """What keys the image's compile caches: the sha256 of every input its labels record (the same
         inputs make the same image, since builds are reproducible); a new revision alone does not change it."""
@@ -477,8 +520,17 @@ class Target(_Table):
         serve = self.serve.model_dump(mode="json", exclude_unset=True, exclude={"env"})
         for entry in serve.get("models", {}).values():
             entry.pop("why", None)  # documentation: matrix.toml and the README carry it
-        return {"_": GENERATED_JSON_NOTE, "target": self.name, "kind": self.kind, "build_id": self.build_id(),
-                "compute_capabilities": list(self.compute_capabilities), "serve": serve}
+        out = {"_": GENERATED_JSON_NOTE, "target": self.name, "kind": self.kind, "build_id": self.build_id(),
+               "compute_capabilities": list(self.compute_capabilities), "serve": serve}
+        if self.is_cuda:
+            out["cuda"] = {"release": self.cuda_release, "min_driver": self.toolchain.min_driver}
+            out["flashinfer_modules"] = {"full": [m.name for m in self.flashinfer.modules],
+                                         **{k: list(v) for k, v in self.flashinfer.module_sets.items()}}
+        return out
+
+    @property
+    def cuda_release(self) -> str:
+        return ".".join(self.toolchain.cuda.split(".")[:2])
 
     def image_env(self) -> dict[str, str]:
         """The image's environment: HOME and the Hugging Face cache under it (the entrypoint keys the compile
@@ -490,6 +542,12 @@ class Target(_Table):
             # not prebuilt is compiled for the GPU the container finds. FlashInfer never downloads kernels here:
             # what it needs is prebuilt or baked (FLASHINFER_CUBIN_DIR), and anything else fails naming the file.
             env.update({"CUDA_HOME": self.cuda_home, "FLASHINFER_NO_DOWNLOAD": "1"})
+            # What the NVIDIA container toolkit reads from nvidia/cuda images, set here since none is under this
+            # one: every GPU unless the runtime narrows it, the driver's compute and nvidia-smi libraries, and the
+            # CUDA release the driver must support natively (the legacy runtime hook refuses an older driver;
+            # CDI mode does not check, so the entrypoint checks too).
+            env.update({"NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": "compute,utility",
+                        "NVIDIA_REQUIRE_CUDA": f"cuda>={self.cuda_release}"})
             if self.flashinfer and self.flashinfer.cubin_packages:
                 env["FLASHINFER_CUBIN_DIR"] = FLASHINFER_CUBIN_DIR
         return env
@@ -516,8 +574,10 @@ class Target(_Table):
                        ("io.dsv4-flash.flashinfer.aot-modules", " ".join(m.name for m in self.flashinfer.modules)),
                        ("io.dsv4-flash.flashinfer.cubins", " ".join(f"{c.name}:{c.checksums_sha256}"
                                                                     for c in self.flashinfer.cubin_packages)),
-                       ("io.dsv4-flash.cuda.toolchain-wheels", " ".join(tc.cuda_wheels)),
-                       ("io.dsv4-flash.apt-snapshot", tc.apt_snapshot.url)]
+                       ("io.dsv4-flash.cuda.toolchain-wheels", " ".join(tc.cuda_wheels))]
+        if self.packages_in_base:
+            labels += [("io.dsv4-flash.base.recipe", self.base_recipe()),
+                       ("io.dsv4-flash.base.manifest.sha256", self.base_manifest_sha256(root))]
         for path in self.lock_paths.values():
             try:
                 digest = sha256_file(root / path)
@@ -538,6 +598,8 @@ class Target(_Table):
             files.append(COMPILE_JOBS)
         if self.flashinfer:
             files.append(FLASHINFER_AOT_SCRIPT)
+        if self.is_cuda:
+            files.append(CUDA_TOOLKIT)
         if self.tiny_model:
             files.append("dsv4_images/in_image/tinymodel.py")
         return files
@@ -616,8 +678,8 @@ def _requirements(t: Target) -> str | None:
     """Rules that tie keys together; the first one broken, naming its key."""
     where = f"targets.{t.name}"
     if t.is_cuda:
-        for key in ("cuda", "torch_cuda_arch_list", "flashinfer", "flashinfer_cuda_arch_list", "apt_snapshot",
-                    "cuda_wheels", "gcc_min_major"):
+        for key in ("cuda", "torch_cuda_arch_list", "flashinfer", "flashinfer_cuda_arch_list",
+                    "cuda_wheels", "gcc_min_major", "min_driver"):
             if not getattr(t.toolchain, key):
                 return f"{where}.toolchain.{key}: missing (required for kind = cuda)"
         if not t.compute_capabilities:
@@ -631,6 +693,10 @@ def _requirements(t: Target) -> str | None:
         names = [m.name for m in t.flashinfer.modules]
         if len(set(names)) != len(names):
             return f"{where}.flashinfer.modules: a module is listed twice ({', '.join(names)})"
+        for set_name, members in t.flashinfer.module_sets.items():
+            if set_name == "full" or not set(members) <= set(names):
+                return (f"{where}.flashinfer.module_sets.{set_name}: 'full' is every module; a set names modules of "
+                        f"flashinfer.modules ({', '.join(names)})")
         if t.flashinfer.cubin_packages and not t.flashinfer.cubins_repository:
             return f"{where}.flashinfer.cubins_repository: missing (cubin_packages are fetched from it)"
     elif t.flashinfer is not None:
@@ -654,8 +720,12 @@ def _requirements(t: Target) -> str | None:
     for name in vllm.accepted_unmet:
         if name.lower() not in overridden:
             return f"{where}.vllm.accepted_unmet: {name!r} is not overridden in vllm.overrides"
-    if t.kind == "cpu" and t.base.bootstrap is None:
-        return f"{where}.base.bootstrap: missing (the cpu target must be buildable without a registry)"
+    if t.base.bootstrap is None and (t.kind == "cpu" or t.base.runtime is None):
+        return f"{where}.base.bootstrap: missing (the {t.kind} target must be buildable without a registry)"
+    if t.base.bootstrap and t.base.bootstrap.manifest is None:
+        return f"{where}.base.bootstrap.manifest: missing (the packages a bootstrap must give are pinned)"
+    if (t.base.build is None) != (t.base.runtime is None):
+        return f"{where}.base: build and runtime are both digests or both absent (the bootstrapped base)"
     return None
 
 

@@ -18,7 +18,7 @@ def stages(target: Target, vllm_source: str) -> list[str]:
     tail = ["vllm-install", "patched", "image"]
     runtime = ["runtime-deps"]
     if target.flashinfer:  # a cuda image: its runtime base, FlashInfer's cubins and prebuilt modules first
-        runtime = ["cuda-stubs", "runtime-base", *(["flashinfer-cubins"] if target.flashinfer.cubin_packages else []),
+        runtime = ["runtime-base", *(["flashinfer-cubins"] if target.flashinfer.cubin_packages else []),
                    "flashinfer-aot", "runtime-deps"]
     if not target.vllm.separate_dist:
         return [*runtime, *tail]
@@ -105,7 +105,7 @@ class BuildPlan:
 
 def make(matrix: Matrix, target: Target, provenance: Provenance, *, image: str | None = None, owner: str | None = None,
          tags: list[str] | None = None, push: bool = False, no_cache: bool = False, unpatched: bool = False,
-         reproducible: bool | None = None, vllm: str | None = None) -> BuildPlan:
+         reproducible: bool | None = None, vllm: str | None = None, flashinfer_modules: str | None = None) -> BuildPlan:
     """The plan for `target`, getting vLLM the way `vllm` says (default: the target's). Pushed images are
     always made reproducible. Every tag is one Docker accepts (references.py), whatever the image name,
     owner or tags it was made from."""
@@ -126,6 +126,18 @@ def make(matrix: Matrix, target: Target, provenance: Provenance, *, image: str |
                   "SOURCE_DATE_EPOCH": str(provenance.epoch)}
     if target.vllm.separate_dist:
         build_args["VLLM_SOURCE"] = vllm_source
+    notes = []
+    if target.flashinfer:
+        module_set = flashinfer_modules or "full"
+        if module_set != "full" and module_set not in target.flashinfer.module_sets:
+            raise UserError(f"--flashinfer-modules {module_set!r}: target {target.name} has the sets full"
+                            f"{''.join(', ' + n for n in sorted(target.flashinfer.module_sets))}", exit_code=2)
+        build_args["FLASHINFER_MODULE_SET"] = module_set
+        if module_set != "full":
+            notes.append(f"FlashInfer module set {module_set!r} ({', '.join(target.flashinfer.module_sets[module_set])}): "
+                         "not a release image; the rest compiles on first use")
+    elif flashinfer_modules:
+        raise UserError(f"--flashinfer-modules: target {target.name} has no FlashInfer modules", exit_code=2)
     labels = dict(target.image_labels())
     labels.update({"org.opencontainers.image.revision": provenance.revision,
                    "org.opencontainers.image.created": provenance.created,
@@ -133,11 +145,14 @@ def make(matrix: Matrix, target: Target, provenance: Provenance, *, image: str |
                    "org.opencontainers.image.source": build_args["SOURCE_URL"],
                    "io.dsv4-flash.patches.applied": build_args["APPLY_PATCHES"],
                    "io.dsv4-flash.vllm.source": vllm_source})
+    if "FLASHINFER_MODULE_SET" in build_args:
+        labels["io.dsv4-flash.flashinfer.module-set"] = build_args["FLASHINFER_MODULE_SET"]
     for ref in refs:
         problem = references.tag_target_problem(ref)
         if problem:
             source = "--tag" if tags else "the image name (--image, --owner, $DSV4_OWNER or matrix.toml's project.image)"
             raise UserError(f"{ref[:80]!r} is not a tag Docker accepts ({problem}); check {source}")
-    notes = ["the work tree has uncommitted changes: the revision label says -dirty"] if provenance.dirty else []
+    if provenance.dirty:
+        notes.append("the work tree has uncommitted changes: the revision label says -dirty")
     return BuildPlan(target, provenance, build_args, refs, labels, vllm_source=vllm_source, push=push,
                      no_cache=no_cache, reproducible=push if reproducible is None else reproducible, notes=notes)

@@ -24,6 +24,9 @@ def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
     env.filters["basename"] = lambda p: PurePosixPath(p).name
+    # A double-quoted Dockerfile value: JSON string syntax without Jinja's HTML escapes (its tojson writes
+    # ">" as \u003e, which a Dockerfile keeps literally).
+    env.filters["dockerquote"] = lambda v: json.dumps(str(v), ensure_ascii=False)
     return env
 
 

@@ -324,6 +324,36 @@ def gpu_compute_capabilities() -> list[str] | None:
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
+def gpu_driver_version() -> str | None:
+    """The host driver's version as nvidia-smi reports it (the container toolkit mounts nvidia-smi), or None."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (subprocess.SubprocessError, OSError):
+        return None
+    first = next((line.strip() for line in out.splitlines() if line.strip()), "")
+    return first if re.fullmatch(r"\d+(\.\d+){1,2}", first) else None
+
+
+def _version_key(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+def check_driver(defaults: dict, found: str | None) -> None:
+    """Refuse (exit 2) a host driver too old for the image's CUDA: this image carries no forward-compatibility
+    libraries (NVIDIA's cuda-compat is in no wheel and no Debian package), so the driver must run it natively."""
+    cuda = defaults.get("cuda")
+    if defaults.get("kind") != "cuda" or not isinstance(cuda, dict) or found is None:
+        return
+    minimum = cuda.get("min_driver")
+    if isinstance(minimum, str) and _version_key(found) < _version_key(minimum):
+        raise EntrypointError(f"the host's NVIDIA driver is {found}; CUDA {cuda.get('release')} in this image needs "
+                              f"{minimum} or newer (R{minimum.split('.')[0]}+, no forward-compatibility libraries "
+                              "here): update the driver", EXIT_BAD_OVERRIDE)
+
+
 def gpu_warnings(defaults: dict, serve: dict, capabilities: list[str] | None) -> list[str]:
     if defaults.get("kind") != "cuda":
         return []
@@ -344,6 +374,7 @@ def preflight(defaults: dict, serve: dict, env: dict, say) -> None:
         k = serve["num_speculative_tokens"]
         found = check_mtp_tensors(serve["model"], env, checkpoint_profile(defaults, serve, env), k)
         say(f"preflight: MTP k={k}: {found}")
+    check_driver(defaults, gpu_driver_version())
     for warning in gpu_warnings(defaults, serve, gpu_compute_capabilities()):
         say(f"warning: {warning}")
 
@@ -364,6 +395,28 @@ def probe(ready: bool, env: dict, defaults_path: Path) -> int:
 
 MODES = ("--print-command", "--preflight-only")
 PROBES = ("--healthcheck", "--ready")
+MODULE_SET_FILE = Path("/usr/share/dsv4-flash/flashinfer-module-set")
+
+
+def version_line(defaults: dict, module_set_file: Path = MODULE_SET_FILE) -> str:
+    """What --version prints: the target, its build id and, for a cuda image, which FlashInfer modules are
+    prebuilt; an image built with a smaller set (CI's) says it is not a release image."""
+    line = f"dsv4-flash {defaults.get('target', '?')} (build {defaults.get('build_id', '?')})"
+    modules = defaults.get("flashinfer_modules")
+    if defaults.get("kind") != "cuda" or not isinstance(modules, dict):
+        return line
+    try:
+        chosen = module_set_file.read_text().strip()
+    except OSError:
+        chosen = "unknown"
+    members = modules.get(chosen) if chosen in modules else None
+    line += f", FlashInfer AOT module set {chosen}"
+    if chosen == "full" and members:
+        return line + f" ({', '.join(members)})"
+    if members:
+        left = [m for m in modules.get("full", []) if m not in members]
+        return line + f" ({', '.join(members)}): NOT a release image; compiled on first use: {', '.join(left)}"
+    return line + ": NOT a release image (the set is not one this image's matrix names)"
 
 
 def check_model_path(serve: dict, env: dict) -> None:
@@ -401,6 +454,16 @@ def main(argv: list[str] | None = None, env: dict | None = None, defaults_path: 
                   file=sys.stderr, flush=True)
             return EXIT_BAD_OVERRIDE
         return probe(argv[0] == "--ready", env, defaults_path)
+    if argv == ["--version"]:
+        try:
+            defaults = json.loads(defaults_path.read_text())
+            if not isinstance(defaults, dict):
+                raise ValueError("not a JSON object")
+            _print(version_line(defaults))
+        except (OSError, ValueError) as exc:
+            print(f"[dsv4-flash] error: cannot read the image's serve defaults {defaults_path}: {exc}", file=sys.stderr)
+            return EXIT_BAD_OVERRIDE
+        return 0
     mode = argv.pop(0) if argv[:1] and argv[0] in MODES else "serve"
     secrets: list[str] = runtime.secret_values(env, argv)
 
