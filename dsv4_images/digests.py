@@ -41,7 +41,7 @@ def current_digest(repository: str, tag: str, timeout: float = 20) -> str:
 
 
 def main(matrix: Matrix, emit=print) -> int:
-    refs = sorted({ref for t in matrix.targets.values() for ref in (t.base.build, t.base.runtime)})
+    refs = sorted({ref for t in matrix.targets.values() for ref in (t.base.build, t.base.runtime) if ref})
     changed = 0
     for ref in refs:
         repository, tag, pinned = split(ref)

@@ -177,7 +177,7 @@ def test_wheel_mode_dry_run_prints_a_complete_plan():
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "vllm:        wheel: PyPI's vllm 0.33.0 wheel, hash-locked in locks/sm120.wheel.txt" in out
-    assert "stages:      cuda-stubs -> runtime-base -> flashinfer-aot -> runtime-deps -> vllm-from-wheel -> vllm-dist -> vllm-install -> patched -> image" in out
+    assert "stages:      runtime-base -> flashinfer-aot -> runtime-deps -> vllm-from-wheel -> vllm-dist -> vllm-install -> patched -> image" in out
     assert "fetches:     locks/sm120.txt, locks/sm120.wheel.txt (" in out
     assert "  VLLM_SOURCE=wheel\n" in out and "  io.dsv4-flash.vllm.source=wheel\n" in out
     assert "io.dsv4-flash.lock.sm120.wheel.txt.sha256=" in out and "refuses" not in out

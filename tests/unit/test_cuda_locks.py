@@ -41,7 +41,14 @@ def test_cuda_python_never_overwrites_cuda_bindings(target):
     assert python >= Version("12.8") and python.release[:2] == bindings.release[:2], (python, bindings)
 
 
-def test_the_toolchain_pins_are_lock_overrides_of_the_runtime_lock_only():
+def test_the_toolchain_pins_are_lock_overrides_of_the_runtime_and_build_locks():
+    """The compile has no devel image under it: its nvcc and cuobjdump are the build lock's, at the runtime's versions."""
     t = M.resolve("sm120")
     assert set(t.toolchain.cuda_wheels) <= set(locks.lock_inputs(t, "runtime")["overrides"])
-    assert not set(t.toolchain.cuda_wheels) & set(locks.lock_inputs(t, "build")["overrides"])
+    build = locks.lock_inputs(t, "build")
+    assert set(t.toolchain.cuda_wheels) <= set(build["overrides"])
+    assert set(build["extra"]) == {*t.toolchain.cuda_wheels, t.vllm.sass.tool}
+    text = (REPO_ROOT / t.lock_paths["build"]).read_text()
+    for pin in (*t.toolchain.cuda_wheels, t.vllm.sass.tool):
+        assert f"\n{pin} \\" in text, pin
+    assert not set(t.toolchain.cuda_wheels) & set(locks.lock_inputs(M.resolve("cpu"), "runtime")["overrides"])

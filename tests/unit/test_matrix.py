@@ -27,10 +27,13 @@ def test_unknown_arch_lists_the_valid_ones_and_exits_2():
         assert name in message
 
 
-def test_every_base_is_pinned_by_digest():
+def test_every_base_is_pinned_by_digest_or_made_here_from_a_manifest():
+    """An upstream base is pinned by digest; a base without one is bootstrapped and its packages are pinned."""
     for t in M.targets.values():
         for ref in (t.base.build, t.base.runtime):
-            assert re.search(r"@sha256:[0-9a-f]{64}$", ref), (t.name, ref)
+            assert ref is None or re.search(r"@sha256:[0-9a-f]{64}$", ref), (t.name, ref)
+        assert t.base.bootstrap and (REPO_ROOT / t.base.bootstrap.manifest).is_file(), t.name
+    assert all(M.resolve(n).base.runtime is None for n in ("sm100", "sm120"))
 
 
 def test_sm100_compiles_the_10x_family_and_sm120_the_12x_family():
@@ -82,8 +85,11 @@ def test_matrix_json_is_what_the_workflow_reads():
 @pytest.mark.parametrize("old,new,key", [
     ("tensor_parallel_size = 4", 'tensor_parallel_size = "four"', "targets.sm100.serve.tensor_parallel_size"),
     ("num_speculative_tokens = 2", "num_speculative_tokens = -1", "targets.sm100.serve.num_speculative_tokens"),
-    ('build = "nvidia/cuda:13.0.3-devel-ubuntu24.04@sha256:', 'build = "nvidia/cuda:13.0.3-devel-ubuntu24.04#sha256:',
-     "targets.sm100.base.build"),
+    ('build = "debian:bookworm-slim@sha256:', 'build = "debian:bookworm-slim#sha256:', "targets.cpu.base.build"),
+    ('build = "debian:bookworm-slim@sha256:3783cc01769c7b2b1b83a5c5ad96c815348e28ed7da68e2e3687004faa906251"\n', "",
+     "targets.cpu.base: build and runtime are both digests or both absent"),
+    ('variant = "minbase", include = ["ca-certificates"], source_date_epoch = 1764547200',
+     'variant = "minbase", include = ["ca-certificates"], source_date_epoch = -1', "targets.sm100.base.bootstrap.source_date_epoch"),
     ('kind = "cuda"', 'kind = "rocm"', "targets.sm100.kind"),
     ('job_memory_gib = 9', 'job_memory_gb = 9', "targets.sm100.vllm.compile.job_memory_gib"),
     ('source = "wheel"\nsources', 'source = "wheels"\nsources', "targets.sm100.vllm.source"),
@@ -100,7 +106,10 @@ def test_matrix_json_is_what_the_workflow_reads():
     ('flashinfer = "0.7.2.post1"\n', "", "targets.sm100.toolchain.flashinfer: missing (required for kind = cuda)"),
     ('ci = { build_runner = "ubuntu-24.04-16core", verify_runner = "gpu-sm100" }',
      'ci = { build_runner = "ubuntu-24.04-16core" }', "targets.sm100.ci.verify_runner: missing"),
-    ("\nbootstrap = {", "\n# bootstrap = {", "targets.cpu.base.bootstrap: missing (the cpu target must be buildable"),
+    ('\nbootstrap = { suite = "bookworm"', '\n# bootstrap = { suite = "bookworm"',
+     "targets.cpu.base.bootstrap: missing (the cpu target must be buildable"),
+    ('\nbootstrap = { suite = "trixie"', '\n# bootstrap = { suite = "trixie"',
+     "targets.sm100.base.bootstrap: missing (the cuda target must be buildable"),
 ])
 def test_a_bad_entry_is_a_clear_error_naming_the_key(tmp_path, old, new, key):
     with pytest.raises(UserError) as exc:

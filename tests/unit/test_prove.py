@@ -187,12 +187,12 @@ def test_a_wrong_arch_fails_the_sass_check(monkeypatch):
 
 
 def test_a_runtime_without_host_compilers_fails_naming_the_packages(tmp_path):
-    bare = dataclasses.replace(SM120, runtime_packages=("python3.12", "cuda-nvcc-13-0"))
+    bare = dataclasses.replace(SM120, runtime_packages=(f"python{SM120.python}", "cuda-nvcc-13-0"))
     r = report.Report("sm120")
     runtime.c_launcher(r, None, bare, tmp_path)
     runtime.nvcc_host_compiler(r, None, bare, tmp_path, "arch=compute_120f,code=sm_120f")
     assert [x.status for x in r.lines] == ["FAIL", "FAIL"]
-    assert "build-essential/gcc" in r.lines[0].detail and "python3.12-dev" in r.lines[0].detail
+    assert "build-essential/gcc" in r.lines[0].detail and f"python{SM120.python}-dev" in r.lines[0].detail
     assert "build-essential/g++" in r.lines[1].detail
 
 

@@ -38,29 +38,38 @@ def _instructions(body: str, keyword: str) -> list[str]:
     return [line for line in joined.splitlines() if line.startswith(keyword + " ")]
 
 
-# ---- apt: every runtime package pinned ----------------------------------------------------------
+# ---- distribution packages: every one pinned by the base's manifest -------------------------------
 
 @pytest.mark.parametrize("target", CUDA)
-def test_every_runtime_apt_install_comes_from_the_dated_snapshot_only(target):
-    """Catches: apt packages installed from the live archive (or NVIDIA's repo), drifting on every rebuild."""
+def test_no_runtime_stage_runs_apt_the_base_carries_every_package(target):
+    """Catches: apt packages installed from the live archive at build time, drifting on every rebuild, or a
+    runtime package the bootstrapped base does not carry."""
     t = M.resolve(target)
-    snapshot = t.toolchain.apt_snapshot
-    assert re.search(r"/\d{8}T\d{6}Z/?$", snapshot.url)
-    installs = [run for body in _runtime_stages(FILES[t.dockerfile]).values() for run in _instructions(body, "RUN")
-                if "apt-get install" in run]
-    assert installs
-    for run in installs:
-        before_update = run.split("apt-get update", 1)[0]
-        assert "rm -f /etc/apt/sources.list /etc/apt/sources.list.d/*" in before_update, run[:200]
-        sources = re.search(r"printf '(Types: deb.*?)' > /etc/apt/sources.list.d/snapshot.sources", before_update)
-        assert sources and f"URIs: {snapshot.url}\\n" in sources.group(1), run[:300]
-        assert sources.group(1).count("URIs:") == 1
+    assert t.packages_in_base and t.base.runtime is None
+    text = FILES[t.dockerfile]
+    assert "apt-get" not in text, "an sm Dockerfile runs apt"
+    assert set(t.toolchain.runtime_packages) <= set(t.base_packages())
+    assert set(t.vllm.compile.packages) <= set(t.base_packages())
+    assert f"ARG RUNTIME_BASE={t.base_tag}" in text and f"ARG BUILD_BASE={t.base_tag}" in text
 
 
-def test_the_cpu_target_is_the_one_runtime_without_a_snapshot_and_says_so():
-    """The exception is explicit: snapshot.debian.org is not reachable from the machines that build the cpu image."""
+@pytest.mark.parametrize("target", CUDA)
+def test_every_package_the_base_carries_is_in_its_committed_manifest(target):
+    """Catches: a runtime package added to the matrix without moving the manifest forward (the bootstrap would
+    refuse at build time; this says so at review time)."""
+    t = M.resolve(target)
+    manifest = (REPO_ROOT / t.base.bootstrap.manifest).read_text().splitlines()
+    names = {line.split("=", 1)[0] for line in manifest if line and not line.startswith("#")}
+    assert set(t.base_packages()) <= names, set(t.base_packages()) - names
+    labels = dict(t.image_labels())
+    assert labels["io.dsv4-flash.base.manifest.sha256"] == t.base_manifest_sha256()
+    assert labels["io.dsv4-flash.base.recipe"] == t.base_recipe()
+
+
+def test_the_cpu_target_keeps_its_upstream_base_and_says_where_its_packages_come_from():
+    """The cpu image installs its packages with apt from the base's suite (no snapshot reachable) and says so."""
     cpu = M.resolve("cpu")
-    assert cpu.toolchain.apt_snapshot is None
+    assert not cpu.packages_in_base
     assert re.search(r"NOT from a\s+(?:#\s+)?dated snapshot", FILES[cpu.dockerfile])
     assert "snapshot.debian.org" in (REPO_ROOT / "matrix.toml").read_text()
 
@@ -77,32 +86,43 @@ def test_the_runtime_installs_nothing_from_nvidia_s_apt_repository(target):
 @pytest.mark.parametrize("target", CUDA)
 def test_the_runtime_has_and_checks_a_host_compiler_and_python_headers(target):
     """Catches: no host C/C++ compiler (nvcc's host g++, Triton's launcher gcc), no Python.h, GCC < 13 (DeepGEMM's
-    C++20 <format>), an nvcc that is not the CUDA release the image names."""
+    C++20 <format>), an nvcc that is not the CUDA release the image names. The checks themselves run in
+    cuda_toolkit.py (tests/unit/test_cuda_toolkit.py)."""
     t = M.resolve(target)
     assert {"gcc", "g++", "libc6-dev", f"python{t.toolchain.python}-dev"} <= set(t.toolchain.runtime_packages)
     assert t.toolchain.gcc_min_major >= 13
     runs = [r for body in _runtime_stages(FILES[t.dockerfile]).values() for r in _instructions(body, "RUN")]
-    check = next(r for r in runs if "nvcc --version" in r)
+    (check,) = [r for r in runs if "cuda_toolkit.py" in r]
     release = ".".join(t.toolchain.cuda.split(".")[:2])
-    assert f'nvcc --version | grep -q "release {release},"' in check
-    assert f'[ "$(gcc -dumpversion | cut -d. -f1)" -ge {t.toolchain.gcc_min_major} ]' in check
-    assert "#include <format>" in check and "g++ -std=c++20" in check
-    assert "#include <Python.h>" in check and "sysconfig.get_path(\"include\")" in check
-    for arch in t.toolchain.flashinfer_cuda_arch_list.split():
-        code = arch.replace(".", "")
-        assert f"-gencode=arch=compute_{code},code=sm_{code}" in check
+    assert f'--cuda-home "${{CUDA_HOME}}" --release {release} --gcc-min {t.toolchain.gcc_min_major}' in check
+    assert re.findall(r"--arch (\S+)", check) == t.toolchain.flashinfer_cuda_arch_list.split()
+    assert t.cuda_toolkit_script in t.context_files()
 
 
 @pytest.mark.parametrize("target", CUDA)
 def test_cuda_home_is_the_toolchain_the_image_has(target):
-    """Catches: CUDA_HOME=/usr/local/cuda in an image whose nvcc is not there (the base has no toolkit)."""
+    """Catches: CUDA_HOME=/usr/local/cuda in an image whose nvcc is not there (the base has no toolkit), or a
+    libcuda stub taken from an image that cannot be pulled."""
     t = M.resolve(target)
     text = FILES[t.dockerfile]
     assert t.image_env()["CUDA_HOME"] == t.cuda_home != "/usr/local/cuda"
     assert f'ENV CUDA_HOME="{t.cuda_home}"' in text  # the image stage
     assert f"ENV CUDA_HOME={t.cuda_home} PATH={t.cuda_home}/bin:$PATH" in text  # where the toolkit is completed
     assert t.cuda_home.startswith(t.site_packages + "/nvidia/cu" + t.toolchain.cuda.split(".")[0])
-    assert f"COPY --from=cuda-stubs /usr/local/cuda-{t.toolchain.cuda.rsplit('.', 1)[0]}/" in text  # libcuda stub
+    assert "--from=cuda-stubs" not in text and "nvidia/cuda" not in text.split("\nFROM ", 1)[0].split("ARG BUILD_BASE")[1]
+
+
+@pytest.mark.parametrize("target", CUDA)
+def test_the_image_tells_the_container_toolkit_what_it_needs(target):
+    """Catches: an image without nvidia/cuda's variables, which the NVIDIA container toolkit reads to expose the
+    GPUs and the driver's libraries, and to refuse a driver too old for the image's CUDA."""
+    t = M.resolve(target)
+    env = t.image_env()
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "all"
+    assert env["NVIDIA_DRIVER_CAPABILITIES"] == "compute,utility"
+    assert env["NVIDIA_REQUIRE_CUDA"] == f"cuda>={t.cuda_release}"
+    assert f'ENV NVIDIA_REQUIRE_CUDA="cuda>={t.cuda_release}"' in FILES[t.dockerfile]
+    assert t.serve_defaults()["cuda"] == {"release": t.cuda_release, "min_driver": t.toolchain.min_driver}
 
 
 # ---- FlashInfer: arch list at build time only, modules prebuilt, cubins baked ----------------------
@@ -127,14 +147,19 @@ def test_the_target_s_flashinfer_modules_are_built_installed_and_found(target):
     assert stages["flashinfer-aot"][0] == "runtime-base" and stages["runtime-deps"][0] == "runtime-base"
     assert stages["vllm-install"][0] == "runtime-deps"
     wanted = {f"--module {m.name}={m.generator}" for m in t.flashinfer.modules}
+    selection = ['--module-set "${FLASHINFER_MODULE_SET}"', *t.flashinfer.set_arguments()]
     (build,) = [r for r in _instructions(stages["flashinfer-aot"][1], "RUN") if " build " in r]
     assert set(re.findall(r"--module \S+", build)) == wanted
+    assert all(a in build for a in selection)
     (install,) = _instructions(stages["runtime-deps"][1], "RUN")
     assert "pip install --no-deps --no-index --no-compile --no-cache-dir /tmp/flashinfer-aot/*.whl" in install
-    checks = re.findall(r"check --device-arch (\S+)((?:\s+--module \S+)+)", install)
-    assert [a for a, _ in checks] == t.toolchain.flashinfer_cuda_arch_list.split()
-    for _, modules in checks:
+    checks = re.findall(r"check --device-arch (\S+) (.*?)((?:\s+--module \S+)+)", install)
+    assert [a for a, _, _ in checks] == t.toolchain.flashinfer_cuda_arch_list.split()
+    for _, chosen, modules in checks:
         assert set(re.findall(r"--module \S+", modules)) == wanted
+        assert all(a in chosen for a in selection)
+    assert 'echo "${FLASHINFER_MODULE_SET}" > /usr/share/dsv4-flash/flashinfer-module-set' in install
+    assert "ARG FLASHINFER_MODULE_SET=full" in stages["flashinfer-aot"][1]
 
 
 @pytest.mark.parametrize("target", CUDA)
@@ -162,7 +187,7 @@ def test_the_image_id_changes_with_what_is_prebuilt_and_pinned(target):
     """The compile caches are keyed to the build id: a new module list, cubin or toolchain pin must change it."""
     labels = dict(M.resolve(target).image_labels())
     for key in ("io.dsv4-flash.flashinfer.aot-modules", "io.dsv4-flash.flashinfer.cubins",
-                "io.dsv4-flash.cuda.toolchain-wheels", "io.dsv4-flash.apt-snapshot"):
+                "io.dsv4-flash.cuda.toolchain-wheels", "io.dsv4-flash.base.manifest.sha256"):
         assert key in labels
     t = M.resolve(target)
     changed = t.model_copy(update={"flashinfer": t.flashinfer.model_copy(update={"modules": t.flashinfer.modules[:1]})})
@@ -172,9 +197,11 @@ def test_the_image_id_changes_with_what_is_prebuilt_and_pinned(target):
 # ---- the matrix refuses what would break these -------------------------------------------------------
 
 @pytest.mark.parametrize("old,new,message", [
-    ("apt_snapshot = {", "apt_snapshotx = {", "targets.sm100.toolchain.apt_snapshotx: unknown key"),
-    ('url = "http://snapshot.ubuntu.com/ubuntu/20261129T000000Z"', 'url = "http://archive.ubuntu.com/ubuntu"',
-     "targets.sm100.toolchain.apt_snapshot.url"),
+    (', manifest = "bases/trixie-cuda.manifest" }', " }", "targets.sm100.base.bootstrap.manifest: missing"),
+    ('min_driver = "580.65.06"', 'min_driver = "580"', "targets.sm100.toolchain.min_driver"),
+    ('module_sets = { ci = ["sampling"] }', 'module_sets = { ci = ["sampler"] }', "targets.sm100.flashinfer.module_sets.ci"),
+    ('module_sets = { ci = ["sampling"] }', 'module_sets = { full = ["sampling"] }',
+     "targets.sm100.flashinfer.module_sets.full"),
     ('name = "trtllm_comm"', 'name = "sampling"', "targets.sm100.flashinfer.modules: a module is listed twice"),
     ('compute_capabilities = ["10.0", "10.3"]', "compute_capabilities = []",
      "targets.sm100.compute_capabilities: a cuda target needs at least one"),

@@ -102,10 +102,13 @@ def test_what_each_stage_is_given(target):
     check = f"python /tmp/sass_check.py /dist/vllm-*.whl {' '.join(t.sass_check_args())}"
     assert sum(check in r for r in runs(text, "vllm-compile") + runs(text, "vllm-from-wheel")) == 2
     assert "sass_check.py" not in "".join(a for _, kw, a, _ in instructions(text) if kw in ("COPY", "ADD"))
-    tools = next(r for r in runs(text, "build-tools") if "apt-get install" in r)
-    assert all(p in tools.split() for p in t.vllm.compile.packages + t.vllm.sass.check_packages)
+    assert "apt-get" not in text  # the bootstrapped base carries the compile's packages too
+    assert set(t.vllm.compile.packages) | set(t.toolchain.build_packages) <= set(t.base_packages())
+    assert not t.vllm.sass.check_packages  # cuobjdump is the build lock's wheel
+    (toolkit,) = [r for r in runs(text, "build-env") if "cuda_toolkit.py" in r]
+    assert f"--gcc-min {t.vllm.compile.gcc_min}" in toolkit and "/opt/build-venv/bin/cuobjdump" in toolkit
+    assert [a for a in t.compile_archs] == re.findall(r"--arch (\S+)", toolkit)
     wheel_stage = runs(text, "vllm-from-wheel")
-    assert not any("apt-get" in r for r in wheel_stage)  # the runtime base keeps only the dated Ubuntu snapshot
     assert f"--mount=type=bind,source={t.lock_paths['wheel']}" in wheel_stage[0]  # vLLM's wheel and cuobjdump's
     assert "--target /opt/sass-tools /tmp/wheels/nvidia_cuda_cuobjdump-" in wheel_stage[0]
     assert "pip install --no-deps --no-index" in runs(text, "vllm-install")[0]
