@@ -446,6 +446,8 @@ def _print(line: str) -> None:
 
 def main(argv: list[str] | None = None, env: dict | None = None, defaults_path: Path | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["dsv4-serve"]:  # `docker run IMAGE dsv4-serve --print-command`: the entrypoint named again
+        argv = argv[1:]
     env = dict(os.environ if env is None else env)
     defaults_path = defaults_path or (Path(env["DSV4_DEFAULTS"]) if env.get("DSV4_DEFAULTS") else DEFAULTS_PATH)
     if argv[:1] and argv[0] in PROBES:

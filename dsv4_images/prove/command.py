@@ -11,18 +11,22 @@ from pathlib import Path
 
 from .. import inputs
 from ..errors import UserError
-from . import archs, engine, env, kernel, runtime
+from . import archs, engine, env, image, kernel, runtime
 from .report import Report
 from .settings import CACHE_DIR, ProveTarget, from_target
 
-STEPS = ("env", "engine", "archs", "kernel", "runtime")
+STEPS = ("env", "engine", "archs", "kernel", "runtime", "image")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", required=True, type=inputs.flag(inputs.word), help="sm100 or sm120 (or an alias)")
     p.add_argument("--report", type=inputs.flag(inputs.writable_file),
                    help="also write the report as JSON to this file (checked writable before anything runs)")
-    p.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {','.join(STEPS)}")
+    p.add_argument("--steps", help=f"comma-separated subset of {','.join(STEPS)} (default: all but image; with "
+                                   "--image: env,engine,image)")
+    p.add_argument("--image", type=inputs.flag(inputs.word),
+                   help="a built image of the target: run the engine step and the image checks in its containers too "
+                        "(no GPU, no network, an arbitrary UID) and require it to agree with the venv")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="an entrypoint override to check as 'your settings' (repeatable)")
     p.add_argument("--write-archs", action="store_true", help="accept the computed table into archs/<target>.txt")
@@ -40,12 +44,15 @@ def parse_env(items: list[str]) -> dict:
 
 
 def run(pt: ProveTarget, steps: list[str], emit=print, user_env: dict | None = None, user_args: list | None = None,
-        write_archs: bool = False) -> Report:
+        write_archs: bool = False, image_ref: str | None = None, target=None) -> Report:
     report = Report(pt.name, emit=emit)
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"run-{pt.name}-", dir=CACHE_DIR))  # concurrent runs do not collide
     try:
         steps_in(report, pt, steps, work, emit, user_env, user_args, write_archs)
+        if "image" in steps:
+            with report.step("image"):
+                in_image(report, pt, target, image_ref, work / "image", report.facts.get("engine"), user_env, user_args)
     finally:  # keep the latest run's logs and build tree for a look, replace the one before
         last = CACHE_DIR / f"last-run-{pt.name}"
         shutil.rmtree(last, ignore_errors=True)
@@ -91,6 +98,20 @@ def steps_in(report: Report, pt: ProveTarget, steps: list[str], work: Path, emit
             runtime.pip_check(report, environment)
 
 
+def in_image(report: Report, pt: ProveTarget, target, image_ref: str, work: Path, venv_results: dict | None,
+             user_env, user_args) -> None:
+    """The built image, in containers: the entrypoint, the image checks, and the engine step compared."""
+    environment = env.ensure(pt)
+    image_env, mounts = image.prepare(environment, image_ref, pt, work)
+    image.entrypoint(report, image_ref, pt, mounts)
+    image.image_checks(report, image_ref, pt, target, mounts)
+    if venv_results is not None:
+        scratch = Report(pt.name, emit=lambda line: None)  # its lines would repeat the venv's: compared below instead
+        results = engine.run(scratch, image_env, pt, engine.cases(pt, user_env, user_args), work,
+                             locate=mounts.inside)
+        image.agreement(report, venv_results, results, mounts)
+
+
 def gencode_of(pt: ProveTarget) -> str:
     """sm_120f -> arch=compute_120f,code=sm_120f"""
     return f"arch={pt.kernel.sass.replace('sm_', 'compute_')},code={pt.kernel.sass}"
@@ -98,13 +119,16 @@ def gencode_of(pt: ProveTarget) -> str:
 
 def main(target, args, emit=print) -> int:
     pt = from_target(target)
-    steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    default = "env,engine,image" if args.image else ",".join(s for s in STEPS if s != "image")
+    steps = [s.strip() for s in (args.steps or default).split(",") if s.strip()]
     unknown = [s for s in steps if s not in STEPS]
     if unknown or not steps:
-        raise UserError(f"--steps {args.steps[:80]!r}: expected a comma-separated subset of {', '.join(STEPS)}",
+        raise UserError(f"--steps {(args.steps or '')[:80]!r}: expected a comma-separated subset of {', '.join(STEPS)}",
                         exit_code=2)
+    if ("image" in steps) != bool(args.image):
+        raise UserError("prove: the image step needs --image IMAGE, and --image needs the image step", exit_code=2)
     user_env = parse_env(args.env)
-    report = run(pt, steps, emit, user_env, args.args, args.write_archs)
+    report = run(pt, steps, emit, user_env, args.args, args.write_archs, args.image, target)
     emit(report.table())
     if args.report:
         args.report.write_text(report.as_json())

@@ -5,6 +5,7 @@ results. Our own checks (not vLLM's) are named `ours.*`."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -107,20 +108,24 @@ def ours(config: dict, argv: list[str], pt: ProveTarget) -> list[str]:
     return problems
 
 
-def argv_for(pt: ProveTarget, case: Case, model: Path) -> list[str]:
+def argv_for(pt: ProveTarget, case: Case, model: Path, locate=lambda path: path) -> list[str]:
     """The entrypoint's command for the case; a known model id (serve.models) keeps its own serve defaults and
-    is then pointed at its constructed config (the checkpoint itself cannot be downloaded here)."""
+    is then pointed at its constructed config (the checkpoint itself cannot be downloaded here). `locate` maps a
+    host path to where the worker sees it (prove --image mounts the fixtures elsewhere)."""
     defaults = json.loads(pt.serve_defaults.read_text())
     argv = entrypoint.build_command(entrypoint.effective_settings(defaults, {"MODEL": str(model), **case.env}), case.args)
     if case.fixture:
-        argv[2] = str(case.fixture)
+        argv[2] = str(locate(case.fixture))
     return argv
 
 
 def run_worker(env: Env, pt: ProveTarget, device: Device, request: dict, log: Path) -> dict:
     stated = {"capability": device.capability, "name": device.name, "memory_mib": device.memory_mib,
               "count": pt.gpus, "nvlink": pt.nvlink}
-    with tempfile.TemporaryDirectory(prefix="dsv4-prove-") as tmp:
+    # Beside the log, in prove's work directory: a worker in a container of the image (prove --image, an
+    # arbitrary UID) sees it mounted at the same path and writes its result there.
+    with tempfile.TemporaryDirectory(prefix="dsv4-prove-", dir=log.parent) as tmp:
+        os.chmod(tmp, 0o1777)
         req, res = Path(tmp) / "request.json", Path(tmp) / "result.json"
         req.write_text(json.dumps(request))
         run_env = {**env.run_env(), "DSV4_PROVE_PLATFORM": json.dumps(stated)}
@@ -182,12 +187,12 @@ def judge_schemes(report: Report, schemes: dict, suffix: str = "") -> None:
 
 
 def run(report: Report, env: Env, pt: ProveTarget, case_list: list[Case], log_dir: Path,
-        model: Path = FIXTURE_MODEL, patched_source: Path | None = None) -> dict:
+        model: Path = FIXTURE_MODEL, patched_source: Path | None = None, locate=lambda path: path) -> dict:
     """Every case on the first stated device; the default again on every other device of the target."""
-    argv = {case.id: argv_for_or_refusal(report, pt, case, model) for case in case_list}
+    argv = {case.id: argv_for_or_refusal(report, pt, case, locate(model), locate) for case in case_list}
     runnable = [c for c in case_list if argv[c.id] is not None]
     compressed_tensors = "vllm/model_executor/layers/quantization/compressed_tensors/compressed_tensors.py"
-    request = {"model": str(model), "details_for": "default", "layers": MAIN_LAYERS,
+    request = {"model": str(locate(model)), "details_for": "default", "layers": MAIN_LAYERS,
                "weight_only_layer": MAIN_LAYERS["attention.fused_wqa_wkv"],
                "mtp_layers": MTP_LAYERS, "pristine_compressed_tensors": str(env.pristine / compressed_tensors),
                "patched_compressed_tensors": str(patched_source) if patched_source else None}
@@ -230,10 +235,11 @@ def judge_backends(report: Report, backends: dict, capability: str) -> None:
                "the oracle's shape checks run on the GPU)")
 
 
-def argv_for_or_refusal(report: Report, pt: ProveTarget, case: Case, model: Path) -> list[str] | None:
+def argv_for_or_refusal(report: Report, pt: ProveTarget, case: Case, model: Path,
+                        locate=lambda path: path) -> list[str] | None:
     """The entrypoint's command, or None after reporting the entrypoint's own refusal."""
     try:
-        return argv_for(pt, case, model)
+        return argv_for(pt, case, model, locate)
     except entrypoint.EntrypointError as exc:
         report.add(f"engine.{case.id}", False, f"the entrypoint refuses it (exit {exc.exit_code}): {exc}")
         return None

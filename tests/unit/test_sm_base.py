@@ -277,3 +277,11 @@ def test_version_on_a_broken_defaults_file_is_one_line(tmp_path, capsys):
     assert ep.main(["--version"], env={}, defaults_path=bad) == ep.EXIT_BAD_OVERRIDE
     err = capsys.readouterr().err
     assert "not a JSON object" in err and err.count("\n") == 1
+
+
+def test_the_entrypoint_named_again_after_the_image_is_the_entrypoint(capsys):
+    """`docker run --rm IMAGE dsv4-serve --print-command` (the image's ENTRYPOINT is dsv4-serve already)."""
+    path = REPO_ROOT / SM120.serve_defaults_path
+    assert ep.main(["dsv4-serve", "--print-command"], env={}, defaults_path=path) == 0
+    assert capsys.readouterr().out.startswith(f"vllm serve {SM120.serve.model} ")
+    assert ep.main(["dsv4-serve", "dsv4-serve"], env={}, defaults_path=path) == ep.EXIT_BAD_OVERRIDE

@@ -1,0 +1,115 @@
+"""The sm120 image built here, from the Debian base we bootstrap and CUDA from PyPI, and proven inside itself
+(issue 16): `build.py build --arch sm120 --flashinfer-modules ci` (one FlashInfer module compiled for real),
+then `build.py prove --arch sm120 --image IMAGE` in containers of it (no GPU, no network, an arbitrary UID,
+our libcuda stub mounted for the run only), which must agree with prove's venv. Then images with one runtime
+step broken (derived from the built one by `docker commit`, so no second build) must fail the named check.
+
+$DSV4_TEST_SM120_IMAGE reuses an image already built."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from dsv4_images import builder, matrix, plan, provenance
+from dsv4_images.prove import command as prove
+from dsv4_images.prove.settings import from_target
+
+TEST_IMAGE = "dsv4-flash-test"
+M = matrix.load()
+SM120 = M.resolve("sm120")
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def sm120_image(docker_client, report):
+    reuse = os.environ.get("DSV4_TEST_SM120_IMAGE")
+    if reuse:
+        return reuse
+    build = plan.make(M, SM120, provenance.current(), image=TEST_IMAGE, tags=["sm120-ci"], flashinfer_modules="ci")
+    started, lines = time.monotonic(), []
+    result = builder.execute(docker_client, M, build, emit=lines.append)
+    image = docker_client.images.get(build.tags[0])
+    report["sm120_build"] = {"seconds": round(time.monotonic() - started, 1), "steps": result.steps,
+                             "cached_steps": result.cached_steps, "image_size_bytes": image.attrs["Size"],
+                             "flashinfer_module_set": "ci",
+                             "step_seconds": [line for line in lines if line.startswith("timing:")]}
+    return build.tags[0]
+
+
+def _prove(image: str, steps: list[str]):
+    return prove.run(from_target(SM120), steps, emit=lambda line: None, image_ref=image, target=SM120)
+
+
+@pytest.fixture(scope="module")
+def proven(sm120_image, report):
+    started = time.monotonic()
+    result = _prove(sm120_image, ["env", "engine", "image"])
+    report["sm120_prove_in_image"] = {"seconds": round(time.monotonic() - started, 1), "steps": result.steps,
+                                      "lines": len(result.lines)}
+    return result
+
+
+def test_print_command_as_users_run_it(sm120_image):
+    """The issue's own check: `docker run --rm IMAGE dsv4-serve --print-command` prints the target's command."""
+    out = subprocess.run(["docker", "run", "--rm", sm120_image, "dsv4-serve", "--print-command"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-500:]
+    command = out.stdout.strip()
+    assert command.startswith(f"vllm serve {SM120.serve.model} ")
+    for flag in ("--tensor-parallel-size 2", "--disable-custom-all-reduce", "--moe-backend auto",
+                 '"num_speculative_tokens": 1'):
+        assert flag in command, flag
+
+
+def test_the_ci_image_says_it_is_not_a_release(sm120_image, docker_client):
+    labels = docker_client.images.get(sm120_image).labels
+    assert labels["io.dsv4-flash.flashinfer.module-set"] == "ci"
+    out = subprocess.run(["docker", "run", "--rm", sm120_image, "--version"], capture_output=True, text=True, timeout=300)
+    assert "module set ci (sampling): NOT a release image" in out.stdout, out.stdout + out.stderr[-300:]
+
+
+def test_the_image_proves_inside_itself_and_agrees_with_the_venv(proven):
+    failed = [f"{line.name}: {line.detail}" for line in proven.failed()]
+    assert not failed, "\n".join(failed)
+    names = {line.name for line in proven.lines}
+    for name in ("image.cuda-toolkit", "image.triton-launcher", "image.flashinfer-aot-lookup", "image.sass-installed",
+                 "image.patches-applied", "image.imports-offline", "image.distribution-packages", "image.user",
+                 "image.entrypoint.print-command", "image.entrypoint.preflight-only", "image.agrees-with-venv@12.0"):
+        assert name in names, name
+
+
+# ---- a broken runtime step fails its named check --------------------------------------------------------
+
+BREAKAGES = {
+    "host compiler removed": ("rm -f /usr/bin/g++ /usr/bin/g++-14 /usr/bin/x86_64-linux-gnu-g++-14", "image.cuda-toolkit"),
+    "FlashInfer module left out of the wheel":
+        ("rm -f /opt/venv/lib/python3.13/site-packages/flashinfer_jit_cache/*/sampling/sampling.so",
+         "image.flashinfer-aot-lookup"),
+    "patch 0001 not applied":
+        ("cd /opt/venv/lib/python3.13/site-packages && patch -p1 -R --batch < /prove/patches/vllm-0.33.0/"
+         "0001-compressed-tensors-is-static-input-scheme-bool.patch", "image.patches-applied"),
+}
+
+
+@pytest.mark.parametrize("breakage", list(BREAKAGES))
+def test_a_broken_runtime_step_fails_its_named_check(sm120_image, docker_client, tmp_path, breakage):
+    script, check = BREAKAGES[breakage]
+    name = f"dsv4-flash-test:sm120-broken-{abs(hash(breakage)) % 10**8}"
+    patches = os.path.abspath("patches")
+    made = subprocess.run(["docker", "run", "--name", name.split(":")[1], "--user", "0:0", "--entrypoint", "bash",
+                           "-v", f"{patches}:/prove/patches:ro", sm120_image, "-c", script],
+                          capture_output=True, text=True, timeout=300)
+    try:
+        assert made.returncode == 0, made.stderr[-500:]
+        subprocess.run(["docker", "commit", name.split(":")[1], name], check=True, capture_output=True, timeout=600)
+        result = _prove(name, ["env", "image"])
+        failed = {line.name: line.detail for line in result.failed()}
+        assert check in failed, f"{breakage}: expected {check} to fail; failed: {failed}"
+    finally:
+        subprocess.run(["docker", "rm", "-f", name.split(":")[1]], capture_output=True)
+        subprocess.run(["docker", "rmi", "-f", name], capture_output=True)
