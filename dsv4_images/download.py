@@ -25,7 +25,9 @@ def verified(url: str, sha256: str, path: Path, *, recheck: bool = False, timeou
             return path
         path.unlink()
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
+    # One partial file per process: two runs side by side (./dev test's tracks) may fetch the same file, and the
+    # rename below is atomic, so each sees either nothing or a complete, verified file.
+    partial = path.with_name(f"{path.name}.part-{os.getpid()}")
     digest = hashlib.sha256()
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as out:

@@ -88,6 +88,23 @@ def _write_verified(path: Path, url: str, sha256: str) -> bool:
     return True
 
 
+def cubins_for(packages: list[list[str]], needed_by: list[str], selected: list[tuple[str, str]] | None) -> list[tuple]:
+    """The packages the selected modules load (all of them when no module list is given)."""
+    if selected is None:
+        return [tuple(p) for p in packages]
+    loaders = {}
+    for value in needed_by:
+        name, sep, modules = value.partition("=")
+        if not sep or not modules:
+            raise AotError(f"--needed-by {value!r}: expected PACKAGE=module,module")
+        loaders[name] = set(modules.split(","))
+    chosen = {name for name, _ in selected}
+    unknown = [p[0] for p in packages if p[0] not in loaders]
+    if unknown:
+        raise AotError(f"cubin package {unknown[0]}: no --needed-by says which modules load it")
+    return [tuple(p) for p in packages if loaders[p[0]] & chosen]
+
+
 def fetch_package(repository: str, out: Path, path: str, checksums_sha256: str, progress=print) -> int:
     """One artifact package into out/<path>: its checksums.txt verified against the pin, then every file it
     lists verified against its line. Returns the number of files."""
@@ -281,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     fetch.add_argument("--out", type=Path, required=True)
     fetch.add_argument("--package", nargs=3, action="append", required=True, metavar=("NAME", "PATH", "SHA256"))
     fetch.add_argument("--no-flashinfer-check", action="store_true", help="do not compare the pins with FlashInfer's")
+    fetch.add_argument("--needed-by", action="append", default=[], metavar="PACKAGE=module,module",
+                       help="the modules that load a package: it is baked only when the module set has one of them")
+    fetch.add_argument("--module", action="append", default=[])
     make = sub.add_parser("build", help="build the modules and write the flashinfer-jit-cache wheel")
     make.add_argument("--arch-list", required=True)
     make.add_argument("--provider", required=True)
@@ -292,16 +312,20 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("--device-arch", required=True)
     verify.add_argument("--load", action="store_true")
     verify.add_argument("--module", action="append", required=True)
-    for command in (make, verify):
+    for command in (fetch, make, verify):
         command.add_argument("--module-set", default=FULL_SET, help="which modules: full (default) or a --set name")
         command.add_argument("--set", action="append", default=[], metavar="NAME=a,b", help="a named smaller set")
     args = parser.parse_args(argv)
     try:
         if args.command == "fetch-cubins":
-            packages = [tuple(p) for p in args.package]
+            packages = cubins_for(args.package, args.needed_by, select(parse_modules(args.module), args.module_set,
+                                                                        args.set) if args.module else None)
             if not args.no_flashinfer_check:
                 from flashinfer import artifacts
                 check_pins_agree(packages, artifacts)
+            args.out.mkdir(parents=True, exist_ok=True)
+            if not packages:
+                print(f"cubins: module set {args.module_set} loads none of the packages; nothing baked")
             for _, path, sha in packages:
                 fetch_package(args.repository, args.out, path, sha)
         elif args.command == "build":

@@ -140,6 +140,8 @@ class CubinPackage(_Table):
     name: Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Z0-9_]*$")]
     path: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}/[\w./-]+/$")]
     checksums_sha256: Sha256
+    # The modules that load it: a build whose module set has none of them bakes nothing (CI's set).
+    needed_by: Annotated[tuple[ModuleName, ...], Field(strict=False, min_length=1)]
 
 
 class FlashInfer(_Table):
@@ -693,6 +695,9 @@ def _requirements(t: Target) -> str | None:
         names = [m.name for m in t.flashinfer.modules]
         if len(set(names)) != len(names):
             return f"{where}.flashinfer.modules: a module is listed twice ({', '.join(names)})"
+        for package in t.flashinfer.cubin_packages:
+            if not set(package.needed_by) <= set(names):
+                return f"{where}.flashinfer.cubin_packages ({package.name}).needed_by: names a module not in flashinfer.modules"
         for set_name, members in t.flashinfer.module_sets.items():
             if set_name == "full" or not set(members) <= set(names):
                 return (f"{where}.flashinfer.module_sets.{set_name}: 'full' is every module; a set names modules of "

@@ -114,7 +114,9 @@ def prepare(venv: Env, image: str, pt: ProveTarget, work: Path) -> tuple[Env, Mo
     return env, mounts
 
 
-def image_checks(report: Report, image: str, pt: ProveTarget, target, mounts: Mounts) -> None:
+def image_checks(report: Report, image: str, pt: ProveTarget, target, mounts: Mounts,
+                 only: list[str] | None = None) -> None:
+    """worker/image_checks.py in a container of the image: every check, or the ones named in `only`."""
     at = lambda rel: str(mounts.inside(REPO_ROOT / rel))  # noqa: E731
     request = {"files": {**{k: at(v) for k, v in FILES.items()}, "patches": [at(file) for file, _ in pt.patches],
                          "manifest": at(target.base.bootstrap.manifest)},
@@ -123,7 +125,7 @@ def image_checks(report: Report, image: str, pt: ProveTarget, target, mounts: Mo
                "compute_capabilities": list(target.compute_capabilities),
                "sass_required": list(target.vllm.sass.required),
                "flashinfer_modules": [[m.name, m.generator] for m in target.flashinfer.modules],
-               "flashinfer_sets": [a.split(" ", 1)[1] for a in target.flashinfer.set_arguments()]}
+               "flashinfer_sets": [a.split(" ", 1)[1] for a in target.flashinfer.set_arguments()], "only": only}
     work = mounts.host["work"]
     req, res = work / "image-checks.json", work / "image-checks.result.json"
     req.write_text(json.dumps(request))

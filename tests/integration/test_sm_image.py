@@ -8,15 +8,20 @@ $DSV4_TEST_SM120_IMAGE reuses an image already built."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 import time
 
 import pytest
 
-from dsv4_images import builder, matrix, plan, provenance
+from dsv4_images import REPO_ROOT, builder, matrix, plan, provenance
 from dsv4_images.prove import command as prove
+from dsv4_images.prove import env, image
+from dsv4_images.prove.report import Report
 from dsv4_images.prove.settings import from_target
+from tests.support.prove_lines import assert_every_line_passes
 
 TEST_IMAGE = "dsv4-flash-test"
 M = matrix.load()
@@ -41,17 +46,17 @@ def sm120_image(docker_client, report):
     return build.tags[0]
 
 
-def _prove(image: str, steps: list[str]):
-    return prove.run(from_target(SM120), steps, emit=lambda line: None, image_ref=image, target=SM120)
-
-
 @pytest.fixture(scope="module")
-def proven(sm120_image, report):
+def proven(sm120_image, report, tmp_path_factory):
+    """`build.py prove --arch sm120 --image IMAGE` with every step, as a user runs it."""
+    out = tmp_path_factory.mktemp("prove") / "sm120.json"
     started = time.monotonic()
-    result = _prove(sm120_image, ["env", "engine", "image"])
-    report["sm120_prove_in_image"] = {"seconds": round(time.monotonic() - started, 1), "steps": result.steps,
-                                      "lines": len(result.lines)}
-    return result
+    result = subprocess.run([sys.executable, "build.py", "prove", "--arch", "sm120", "--image", sm120_image,
+                             "--steps", ",".join(prove.STEPS), "--report", str(out)], cwd=REPO_ROOT,
+                            capture_output=True, text=True)
+    data = json.loads(out.read_text()) if out.is_file() else {"ok": False, "lines": [], "steps_seconds": {}}
+    report["prove_sm120_with_image_seconds"] = {"wall": round(time.monotonic() - started, 1), **data["steps_seconds"]}
+    return result, data
 
 
 def test_print_command_as_users_run_it(sm120_image):
@@ -74,13 +79,13 @@ def test_the_ci_image_says_it_is_not_a_release(sm120_image, docker_client):
 
 
 def test_the_image_proves_inside_itself_and_agrees_with_the_venv(proven):
-    failed = [f"{line.name}: {line.detail}" for line in proven.failed()]
-    assert not failed, "\n".join(failed)
-    names = {line.name for line in proven.lines}
+    result, data = proven
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]
+    status = assert_every_line_passes(data, from_target(SM120))  # the venv steps, as for sm100
     for name in ("image.cuda-toolkit", "image.triton-launcher", "image.flashinfer-aot-lookup", "image.sass-installed",
                  "image.patches-applied", "image.imports-offline", "image.distribution-packages", "image.user",
                  "image.entrypoint.print-command", "image.entrypoint.preflight-only", "image.agrees-with-venv@12.0"):
-        assert name in names, name
+        assert status.get(name) == "PASS", name
 
 
 # ---- a broken runtime step fails its named check --------------------------------------------------------
@@ -100,16 +105,18 @@ BREAKAGES = {
 def test_a_broken_runtime_step_fails_its_named_check(sm120_image, docker_client, tmp_path, breakage):
     script, check = BREAKAGES[breakage]
     name = f"dsv4-flash-test:sm120-broken-{abs(hash(breakage)) % 10**8}"
-    patches = os.path.abspath("patches")
+    patches = str(REPO_ROOT / "patches")
     made = subprocess.run(["docker", "run", "--name", name.split(":")[1], "--user", "0:0", "--entrypoint", "bash",
                            "-v", f"{patches}:/prove/patches:ro", sm120_image, "-c", script],
                           capture_output=True, text=True, timeout=300)
     try:
         assert made.returncode == 0, made.stderr[-500:]
         subprocess.run(["docker", "commit", name.split(":")[1], name], check=True, capture_output=True, timeout=600)
-        result = _prove(name, ["env", "image"])
-        failed = {line.name: line.detail for line in result.failed()}
-        assert check in failed, f"{breakage}: expected {check} to fail; failed: {failed}"
+        pt = from_target(SM120)
+        mounts = image.prepare(env.ensure(pt), name, pt, tmp_path / "work")[1]
+        result = Report("sm120")
+        image.image_checks(result, name, pt, SM120, mounts, only=[check.removeprefix("image.")])
+        assert [(line.name, line.status) for line in result.lines] == [(check, "FAIL")], result.lines
     finally:
         subprocess.run(["docker", "rm", "-f", name.split(":")[1]], capture_output=True)
         subprocess.run(["docker", "rmi", "-f", name], capture_output=True)

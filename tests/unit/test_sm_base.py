@@ -285,3 +285,17 @@ def test_the_entrypoint_named_again_after_the_image_is_the_entrypoint(capsys):
     assert ep.main(["dsv4-serve", "--print-command"], env={}, defaults_path=path) == 0
     assert capsys.readouterr().out.startswith(f"vllm serve {SM120.serve.model} ")
     assert ep.main(["dsv4-serve", "dsv4-serve"], env={}, defaults_path=path) == ep.EXIT_BAD_OVERRIDE
+
+
+def test_cubins_are_baked_only_for_a_set_that_loads_them():
+    """Catches: CI's module set (sampling) fetching NVIDIA's trtllm-gen artifacts it never loads (the artifact
+    server is not reachable from our machines), or a release set that leaves them out."""
+    packages = [["TRTLLM_GEN_BMM", "path/", "ab" * 32]]
+    needed = ["TRTLLM_GEN_BMM=fused_moe_trtllm_sm100"]
+    modules = [("fused_moe_trtllm_sm100", "flashinfer.jit.fused_moe:x"), *MODULES[2:]]
+    assert aot.cubins_for(packages, needed, aot.select(modules, "full", ["ci=sampling"])) == [tuple(packages[0])]
+    assert aot.cubins_for(packages, needed, aot.select(modules, "ci", ["ci=sampling"])) == []
+    assert aot.cubins_for(packages, [], None) == [tuple(packages[0])]
+    with pytest.raises(aot.AotError, match="no --needed-by says which modules load it"):
+        aot.cubins_for(packages, [], aot.select(modules, "full", []))
+    assert SM100.flashinfer.cubin_packages[0].needed_by == ("fused_moe_trtllm_sm100",)

@@ -82,7 +82,7 @@ def test_a_download_with_the_wrong_checksum_is_refused_and_not_kept(tmp_path, mo
     item = wheelhouse.LockedFile("foo", "foo-1.0-py3-none-any.whl", url, H1)
     with pytest.raises(UserError, match=f"checksum mismatch for foo-1.0-py3-none-any.whl: expected sha256 {H1}, got {real}"):
         wheelhouse.download(item)
-    assert not item.path.exists() and not list(tmp_path.rglob("*.part"))
+    assert not item.path.exists() and not list(tmp_path.rglob("*.part*"))
     good = wheelhouse.LockedFile("foo", "foo-1.0-py3-none-any.whl", url, real)
     assert wheelhouse.download(good).read_bytes() == b"not the wheel you locked"
 
