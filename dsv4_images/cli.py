@@ -248,7 +248,7 @@ def cmd_verify(args) -> int:
 def cmd_repro(args) -> int:
     from . import repro
     m = _matrix()
-    return repro.main(m, m.resolve(args.arch), emit=_say)
+    return repro.main(m, m.resolve(args.arch), emit=_say, flashinfer_modules=args.flashinfer_modules)
 
 
 def cmd_prove(args) -> int:
@@ -350,8 +350,10 @@ SUBCOMMANDS = {  # name -> (help, arguments, handler)
                cmd_verify),
     "prove": ("execute the sm images' claims as far as vLLM's code, CMake and nvcc go without a GPU",
               _prove_arguments, cmd_prove),
-    "repro": ("build twice without the layer cache and compare bit for bit",
-              lambda p: p.add_argument("--arch", type=ARCH, default="cpu"), cmd_repro),
+    "repro": ("build twice without the layer cache and compare bit for bit", lambda p: (
+        p.add_argument("--arch", type=ARCH, default="cpu"),
+        p.add_argument("--flashinfer-modules", metavar="SET", type=inputs.flag(_module_set),
+                       help="an sm target's FlashInfer module set (default: ci, which compiles one module)")), cmd_repro),
     "matrix": ("list the targets, or the CI matrix as JSON", lambda p: (
         p.add_argument("--json", action="store_true", help="the CI matrix as JSON"),
         p.add_argument("--kind", choices=["cuda", "cpu"], help="only targets of this kind"),

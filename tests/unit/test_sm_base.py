@@ -299,3 +299,11 @@ def test_cubins_are_baked_only_for_a_set_that_loads_them():
     with pytest.raises(aot.AotError, match="no --needed-by says which modules load it"):
         aot.cubins_for(packages, [], aot.select(modules, "full", []))
     assert SM100.flashinfer.cubin_packages[0].needed_by == ("fused_moe_trtllm_sm100",)
+
+
+def test_repro_of_an_sm_target_uses_ci_s_module_set_unless_told():
+    from dsv4_images import repro
+    assert repro.default_module_set(SM120) == "ci" and repro.default_module_set(CPU) is None
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "build.py"), "repro", "--arch", "cpu",
+                             "--flashinfer-modules", "Bad Set"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--flashinfer-modules" in result.stderr and result.stderr.count("\n") == 1
