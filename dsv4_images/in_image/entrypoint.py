@@ -313,27 +313,25 @@ def check_mtp_tensors(model: str, env: dict, profile: str | None = None, k: int 
 
 # ---- preflight: GPU --------------------------------------------------------------------------
 
-def gpu_compute_capabilities() -> list[str] | None:
+def _nvidia_smi(query: str) -> list[str] | None:
+    """One value per GPU for an nvidia-smi --query-gpu field, or None when nvidia-smi is missing or fails."""
     if shutil.which("nvidia-smi") is None:
         return None
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
                              capture_output=True, text=True, timeout=30, check=True).stdout
     except (subprocess.SubprocessError, OSError):
         return None
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
+def gpu_compute_capabilities() -> list[str] | None:
+    return _nvidia_smi("compute_cap")
+
+
 def gpu_driver_version() -> str | None:
     """The host driver's version as nvidia-smi reports it (the container toolkit mounts nvidia-smi), or None."""
-    if shutil.which("nvidia-smi") is None:
-        return None
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30, check=True).stdout
-    except (subprocess.SubprocessError, OSError):
-        return None
-    first = next((line.strip() for line in out.splitlines() if line.strip()), "")
+    first = (_nvidia_smi("driver_version") or [""])[0]
     return first if re.fullmatch(r"\d+(\.\d+){1,2}", first) else None
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -64,11 +65,11 @@ def test_print_command_as_users_run_it(sm120_image):
     out = subprocess.run(["docker", "run", "--rm", sm120_image, "dsv4-serve", "--print-command"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-500:]
-    command = out.stdout.strip()
-    assert command.startswith(f"vllm serve {SM120.serve.model} ")
-    for flag in ("--tensor-parallel-size 2", "--disable-custom-all-reduce", "--moe-backend auto",
-                 '"num_speculative_tokens": 1'):
-        assert flag in command, flag
+    argv = shlex.split(out.stdout)
+    assert argv[:3] == ["vllm", "serve", SM120.serve.model]
+    assert argv[argv.index("--tensor-parallel-size") + 1] == "2" and "--disable-custom-all-reduce" in argv
+    assert argv[argv.index("--moe-backend") + 1] == "auto"
+    assert json.loads(argv[argv.index("--speculative-config") + 1]) == {"method": "mtp", "num_speculative_tokens": 1}
 
 
 def test_the_ci_image_says_it_is_not_a_release(sm120_image, docker_client):
