@@ -39,7 +39,21 @@ def run_tools(mode: str, tmp_path, capsys, model: str = "deepseek-v4-flash"):
 
 
 def test_every_tools_mode_has_an_expectation():
-    assert {m for m in MODES if m.startswith("tools-")} == set(EXPECTED)
+    assert {m for m in MODES if m.startswith("tools-")} == set(EXPECTED) | {"tools-like-tiny"}
+
+
+def test_what_the_cpu_images_tiny_model_cannot_do_is_skipped_there_and_cannot_be_judged_elsewhere(tmp_path, capsys):
+    """tools-like-tiny answers as the cpu image did (auto: words; required: a structured call cut at max_tokens).
+    Served as the tiny model, the limits are SKIPPED by name and the rest passes; served as any other model, the
+    same answers are no pass: auto without a call FAILs and cut arguments cannot be judged."""
+    code, data, out, err = run_tools("tools-like-tiny", tmp_path, capsys, model="tiny-mtp")
+    assert_named(code, data, out, err, 0, {"tool-calls-structured": PASS, "tool-markup": PASS,
+                                           "tool-stream-vs-nonstream": PASS, "tool-choice-auto": SKIPPED,
+                                           "tool-arguments-json": SKIPPED, "tool-arguments-schema": SKIPPED})
+    details = {c["name"]: c["detail"] for c in data["checks"]}
+    assert "tiny model" in details["tool-arguments-json"] and "max_tokens" in details["tool-arguments-json"]
+    code, data, out, err = run_tools("tools-like-tiny", tmp_path, capsys)
+    assert_named(code, data, out, err, 1, {"tool-choice-auto": FAIL, "tool-arguments-json": "CANNOT JUDGE"})
 
 
 def test_a_healthy_tool_server_passes_every_tool_check(tmp_path, capsys):
