@@ -47,7 +47,9 @@ from .endpoint import Endpoint
 TOOLS_DIR = Path(__file__).parent / "prompts" / "tools"
 DEFAULT_VERSION = "v1"
 CHOICES = ("auto", "required")
-MAX_TOKENS = 512        # a call to these tools takes well under 100 tokens; a longer answer is the model's choice
+# A call to these tools takes well under 100 tokens, but a model that reasons first (DeepSeek-V4 in thinking
+# mode) spends hundreds before it; --max-tokens (default 1024) applies up to this.
+MAX_TOKENS = 2048
 # Fragments of a model's own tool-call and special-token formats: DeepSeek-V4's DSML, DeepSeek's
 # fullwidth-bar special tokens (`<｜tool▁calls▁begin｜>`, `<｜end▁of▁sentence｜>`), Hermes/Qwen-style
 # tags, reasoning tags. None belongs in content a parser handed on, nor inside an argument.
