@@ -288,11 +288,14 @@ def find_local_checkpoint(model: str, env: dict) -> tuple[Path, str] | None:
         home = env.get("HOME") or os.path.expanduser("~")
         hf_home = Path(env.get("XDG_CACHE_HOME", Path(home) / ".cache")) / "huggingface"
     repo = Path(env.get("HF_HUB_CACHE", hf_home / "hub")) / ("models--" + model.replace("/", "--"))
-    ref = repo / "refs" / env.get("MODEL_REVISION", "main")
+    revision = env.get("MODEL_REVISION") or "main"
+    ref = repo / "refs" / revision
     try:
         snapshot = repo / "snapshots" / ref.read_text().strip() if ref.is_file() else None
     except (OSError, ValueError):
         return None
+    if snapshot is None and re.fullmatch(r"[0-9a-f]{40}", revision):
+        snapshot = repo / "snapshots" / revision  # a commit pin: the Hub cache keeps no ref for it, only the snapshot
     return (snapshot, "hf-cache") if snapshot is not None and snapshot.is_dir() else None
 
 

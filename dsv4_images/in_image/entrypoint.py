@@ -7,8 +7,9 @@ rendered from matrix.toml), applies environment overrides, appends the extra arg
 takes the last occurrence of a flag, so they win), prints the command and execs vLLM so that
 signals reach it directly.
 
-Environment overrides: MODEL, SERVED_MODEL_NAME, TENSOR_PARALLEL_SIZE, NUM_SPECULATIVE_TOKENS
-(0 turns MTP off), MAX_MODEL_LEN, PORT, HOST, MAX_NUM_SEQS, MAX_NUM_BATCHED_TOKENS,
+Environment overrides: MODEL, MODEL_REVISION (a Hugging Face id's branch, tag or commit: the preflight
+checks it and vLLM serves it, as --revision and --tokenizer-revision; not for a path MODEL),
+SERVED_MODEL_NAME, TENSOR_PARALLEL_SIZE, NUM_SPECULATIVE_TOKENS (0 turns MTP off), MAX_MODEL_LEN, PORT, HOST, MAX_NUM_SEQS, MAX_NUM_BATCHED_TOKENS,
 KV_CACHE_DTYPE, VLLM_EXTRA_ARGS (shell-quoted), DSV4_SKIP_PREFLIGHT=1, DSV4_CHECKPOINT_PROFILE
 (a key of checkpoint.PROFILES: what the preflight expects of the checkpoint).
 
@@ -237,8 +238,34 @@ def effective_settings(defaults: dict, env: dict) -> dict:
     for name, (key, minimum, maximum) in INT_OVERRIDES.items():
         if name in env:
             serve[key] = _int_from_env(name, env[name], minimum, maximum)
+    if "MODEL_REVISION" in env and not is_path(serve["model"]):
+        serve["revision"] = _text("MODEL_REVISION", env["MODEL_REVISION"])
     serve["extra_args"] = list(serve.get("extra_args", [])) + extra_args(env)
     return serve
+
+
+def is_path(model: str) -> bool:
+    """MODEL names a path (vLLM reads the directory; a revision means nothing there), not a Hugging Face id."""
+    return model.startswith(("/", "./", "../"))
+
+
+def _flag_values(args: list[str], *names: str) -> list[str]:
+    """The values given to any of `names` (--flag value, --flag=value; vLLM also reads --flag_name)."""
+    values = []
+    for i, arg in enumerate(args):
+        name, eq, value = arg.partition("=")
+        if name.startswith("--") and "--" + name[2:].replace("_", "-") in names:
+            if eq:
+                values.append(value)
+            elif i + 1 < len(args):
+                values.append(args[i + 1])
+    return values
+
+
+def served_revision(command: list[str]) -> str | None:
+    """The model revision vLLM will load: the last --revision in the command (vLLM takes the last one)."""
+    values = _flag_values(command[3:], "--revision")
+    return values[-1] if values else None
 
 
 def check_defaults(defaults, path: Path) -> dict:
@@ -285,7 +312,15 @@ def build_command(serve: dict, passthrough: list[str]) -> list[str]:
         cmd += ["--speculative-config", spec]
     if serve.get("cudagraph_batch_sizes"):
         cmd += ["--cudagraph-capture-sizes", *map(str, capture_sizes(serve["cudagraph_batch_sizes"], k))]
-    return cmd + list(serve.get("extra_args", [])) + list(passthrough)
+    user = list(serve.get("extra_args", [])) + list(passthrough)
+    if serve.get("revision"):
+        # MODEL_REVISION is what the preflight checked: vLLM must load the same commit, weights and tokenizer.
+        # The user's own --revision/--tokenizer/--tokenizer-revision (later, so they win) take over the
+        # tokenizer's too: vLLM then pins it to the revision it serves, not to ours.
+        cmd += ["--revision", serve["revision"]]
+        if not _flag_values(user, "--revision", "--tokenizer", "--tokenizer-revision"):
+            cmd += ["--tokenizer-revision", serve["revision"]]
+    return cmd + user
 
 
 # ---- preflight: the checkpoint (checkpoint.py holds what we know about checkpoints) -------------
@@ -367,10 +402,15 @@ def gpu_warnings(defaults: dict, serve: dict, capabilities: list[str] | None) ->
     return warnings
 
 
-def preflight(defaults: dict, serve: dict, env: dict, say) -> None:
+def preflight(defaults: dict, serve: dict, env: dict, say, command: list[str] | None = None) -> None:
     if serve["num_speculative_tokens"] > 0:
         k = serve["num_speculative_tokens"]
-        found = check_mtp_tensors(serve["model"], env, checkpoint_profile(defaults, serve, env), k)
+        # check the revision vLLM is told to serve (a --revision after the image wins over MODEL_REVISION)
+        revision = served_revision(command) if command else serve.get("revision")
+        checked = {k_: v for k_, v in env.items() if k_ != "MODEL_REVISION"}
+        if revision and not is_path(serve["model"]):
+            checked["MODEL_REVISION"] = revision
+        found = check_mtp_tensors(serve["model"], checked, checkpoint_profile(defaults, serve, env), k)
         say(f"preflight: MTP k={k}: {found}")
     check_driver(defaults, gpu_driver_version())
     for warning in gpu_warnings(defaults, serve, gpu_compute_capabilities()):
@@ -486,13 +526,16 @@ def main(argv: list[str] | None = None, env: dict | None = None, defaults_path: 
         command = build_command(serve, argv)
         secrets = runtime.secret_values(env, command)
         shown = runtime.redact(shlex.join(runtime.redact_command(command)), secrets)
+        if "MODEL_REVISION" in env and is_path(serve["model"]):
+            say(f"warning: MODEL_REVISION={_shown(env['MODEL_REVISION'])} is not passed to vLLM: MODEL "
+                f"{serve['model']} is a path, and a revision names a Hugging Face commit")
         say(shown)
         if mode == "--print-command":
             _print(shown)
             return 0
         check_model_path(serve, env)
         if not runtime.flag(env, "DSV4_SKIP_PREFLIGHT"):
-            preflight(defaults, serve, env, say)
+            preflight(defaults, serve, env, say, command)
         if mode == "--preflight-only":
             return 0
         runtime.check_shm(serve.get("min_shm_mb"), env)

@@ -65,6 +65,9 @@ class Result:
     error_kind: str | None = None
     logprobs: list[tuple[float, float | None]] | None = None   # (token logprob, best logprob at that step)
     logprobs_problem: str | None = None
+    # chat tool calls, in order: {"name", "arguments" (the string the server sent), "id"}; streamed
+    # deltas are merged by their index, as OpenAI clients do
+    tool_calls: list[dict] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -159,6 +162,7 @@ class _Collector:
         self.result, self.started = result, started
         self.content: list[str] = []
         self.reasoning: list[str] = []
+        self.calls: dict[int, dict] = {}
 
     def prompt_ids(self, value, where: str) -> None:
         ids = _ints(value, where)
@@ -198,6 +202,7 @@ class _Collector:
             piece = _str(delta.get("content"), f"{key}.content")
             thought = _str(delta.get("reasoning_content"), f"{key}.reasoning_content") or \
                 _str(delta.get("reasoning"), f"{key}.reasoning")
+            self.tool_calls(delta.get("tool_calls"), key, streamed)
         else:
             if not isinstance(choice.get("text"), str):
                 raise Malformed("event-malformed", f"text is {json.dumps(choice.get('text'))[:40]}, not a string")
@@ -219,8 +224,38 @@ class _Collector:
             except (ValueError, AttributeError, TypeError) as exc:
                 result.logprobs_problem = str(exc)[:120]
 
+    def tool_calls(self, value, key: str, streamed: bool) -> None:
+        """OpenAI tool calls: whole in a message; in a stream, pieces keyed by `index` whose name comes once
+        and whose `arguments` strings concatenate. A wrong shape is a malformed event, as for content."""
+        if value is None:
+            return
+        if not isinstance(value, list):
+            raise Malformed("event-malformed", f"{key}.tool_calls is {json.dumps(value)[:40]}, not a list")
+        for position, call in enumerate(value):
+            if not isinstance(call, dict) or not isinstance(call.get("function", {}), dict):
+                raise Malformed("event-malformed", f"{key}.tool_calls[{position}] is {json.dumps(call)[:60]}, "
+                                                   "not a call with a function object")
+            index = call.get("index", position) if streamed else len(self.calls)
+            if not isinstance(index, int) or isinstance(index, bool):
+                raise Malformed("event-malformed", f"{key}.tool_calls[{position}].index is {index!r}, not an integer")
+            function = call.get("function") or {}
+            merged = self.calls.setdefault(index, {"name": "", "arguments": "", "id": None})
+            name = _str(function.get("name"), f"{key}.tool_calls[{position}].function.name")
+            if name:
+                merged["name"] = name if not streamed or not merged["name"] else merged["name"] + name
+            args = function.get("arguments")
+            if args is not None and not isinstance(args, str):
+                args = json.dumps(args)   # a server that sends an object instead of a string: keep it, judge it later
+                merged["arguments_not_string"] = True
+            merged["arguments"] += args or ""
+            if call.get("id"):
+                merged["id"] = call["id"]
+            if self.result.ttft_s is None:
+                self.result.ttft_s = time.monotonic() - self.started
+
     def finish(self) -> None:
         self.result.content, self.result.reasoning = "".join(self.content), "".join(self.reasoning)
+        self.result.tool_calls = [self.calls[i] for i in sorted(self.calls)]
 
 
 def _events(ex: transport.Exchange) -> Iterator:

@@ -17,7 +17,7 @@ import traceback
 
 from .. import inputs, matrix
 from ..errors import UserError
-from . import checks as checks_mod, measurable, prompts, runner, server
+from . import checks as checks_mod, measurable, prompts, runner, server, tools
 from .checks import CANNOT, PASS, SKIPPED, Check
 from .endpoint import Endpoint
 from .transport import Deadline, Timeouts
@@ -50,7 +50,9 @@ def add_arguments(p) -> None:
     have = sorted(path.stem for path in prompts.PROMPTS_DIR.glob("*.json"))
     p.add_argument("--url", required=True, type=inputs.flag(inputs.http_url),
                    help="the deployment, e.g. http://127.0.0.1:8000")
-    p.add_argument("--workload", default="all", choices=[*prompts.WORKLOADS, "all"])
+    p.add_argument("--workload", default="all", choices=[*prompts.WORKLOADS, "tools", "all"],
+                   help="a prompt workload, all three (all), or tool calling (tools: its own requests, greedy, "
+                        "c=1; not part of all)")
     p.add_argument("--concurrency", default=[1, 4, 8], type=inputs.flag(_concurrency_levels),
                    help=f"comma-separated levels, each 1-{MAX_CONCURRENCY} (default 1,4,8)")
     p.add_argument("--max-tokens", type=inputs.flag(inputs.integer, 1, MAX_TOKENS), default=1024,
@@ -141,6 +143,8 @@ def table(report: dict) -> str:
     for r in report.get("concurrency_regressions", []):
         lines.append(f"REGRESSION {r['prompt']}: clean at c={r['clean_at']}, corrupted at c={r['corrupted_at']}: "
                      f"{'; '.join(r['symptoms'])[:160]}")
+    if report.get("tools"):
+        lines += tools.table(report["tools"]["rows"])
     lines += ["", "checks:"] + ["  " + c.line() for c in report["_checks"]]
     verdict = report["verdict"]
     status = report["status"]
@@ -176,6 +180,17 @@ def _judge(args, mtp: Endpoint, baseline: Endpoint | None, baseline_problem: Che
     extra = {"phases": phases, "acceptance_by_workload": runner.workload_acceptance(phases),
              "concurrency_regressions": runner.concurrency_regressions(phases), "canary_windows": run.canary}
     return extra, found
+
+
+def _judge_tools(args, mtp: Endpoint, thresholds: dict, rule: bool) -> tuple[dict, list[Check]]:
+    workload = tools.load()
+    results = tools.run(mtp, workload, args.max_tokens, [])
+    found = tools.checks(workload, results, rule)
+    errors = [r for r in results if r.error and r.error_kind not in measurable.NOT_THE_SERVERS]
+    found += measurable.request_checks(results, len(errors) > thresholds["max_error_rate"] * len(results))
+    answers = [{"id": r.request.id, "finish_reason": r.finish_reason, "content": r.content[:300],
+                "tool_calls": r.tool_calls, "error": r.error, "error_kind": r.error_kind} for r in results]
+    return {"tools": {"version": workload.version, "rows": tools.summary(workload, results), "answers": answers}}, found
 
 
 def main(args, emit=print, m=None) -> int:
@@ -220,17 +235,27 @@ def main(args, emit=print, m=None) -> int:
             baseline = Endpoint(server.describe(args.baseline_url, timeouts, deadline), timeouts, deadline)
         except server.ServerProblem as exc:
             baseline_problem = Check("baseline-server", CANNOT, exc.detail)
-    emit(f"verify: {args.url} serves {info.model} (max_model_len {info.max_model_len or 'not stated'}); prompt set "
-         f"{version}, {len(selected)} prompts x concurrency {','.join(map(str, concurrencies))}, max_tokens "
-         f"{args.max_tokens}, temperature {args.temperature}{'; tiny-model rule checked on every token' if rule else ''}")
+    if args.workload == "tools":
+        workload = tools.load()
+        emit(f"verify: {args.url} serves {info.model} (max_model_len {info.max_model_len or 'not stated'}); tools "
+             f"workload {workload.version}: {len(workload.prompts)} prompts x tool_choice {'/'.join(tools.CHOICES)} x "
+             f"streamed and not, greedy, c=1, max_tokens {min(args.max_tokens, tools.MAX_TOKENS)}"
+             f"{'; the tiny model cannot choose tools: what it cannot do is SKIPPED by name' if rule else ''}")
+    else:
+        emit(f"verify: {args.url} serves {info.model} (max_model_len {info.max_model_len or 'not stated'}); prompt set "
+             f"{version}, {len(selected)} prompts x concurrency {','.join(map(str, concurrencies))}, max_tokens "
+             f"{args.max_tokens}, temperature {args.temperature}{'; tiny-model rule checked on every token' if rule else ''}")
     emit(f"timeouts: connect {timeouts.connect:g}s, first byte {timeouts.first_byte:g}s, request {timeouts.request:g}s, "
          f"run {timeouts.run:g}s")
-    if info.max_model_len and args.max_tokens >= info.max_model_len:
+    if info.max_model_len and args.max_tokens >= info.max_model_len and args.workload != "tools":
         emit(f"warning: --max-tokens {args.max_tokens} leaves no room for a prompt in max_model_len "
              f"{info.max_model_len}: each request's max_tokens is clamped to max_model_len minus its prompt")
     mtp = Endpoint(info, timeouts, deadline, metrics_urls=tuple(args.metrics_url))
     try:
-        extra, judged = _judge(args, mtp, baseline, baseline_problem, selected, concurrencies, thresholds, rule, emit)
+        if args.workload == "tools":
+            extra, judged = _judge_tools(args, mtp, thresholds, rule)
+        else:
+            extra, judged = _judge(args, mtp, baseline, baseline_problem, selected, concurrencies, thresholds, rule, emit)
         report |= extra
         found += judged
     except UserError:

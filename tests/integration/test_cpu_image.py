@@ -97,6 +97,24 @@ def test_stripped_checkpoint_is_refused_by_the_preflight(cpu_image, tmp_path):
     assert "Traceback" not in logs
 
 
+def test_the_images_dsv4_serve_passes_model_revision_to_vllm(docker_client, cpu_image):
+    """`dsv4-serve --print-command` in the image: a pinned revision of a Hugging Face MODEL reaches vLLM as
+    --revision and --tokenizer-revision; a --revision after the image name wins alone; a path MODEL gets none."""
+    import shlex
+
+    def printed(env: dict, *args: str) -> list[str]:
+        out = docker_client.containers.run(cpu_image[0], ["--print-command", *args], entrypoint=["dsv4-serve"],
+                                           environment=env, remove=True, stdout=True, stderr=False)
+        return shlex.split(out.decode().strip())
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    hub = printed({"MODEL": "canada-quant/DeepSeek-V4-Flash-NVFP4-FP8-MTP", "MODEL_REVISION": commit})
+    assert hub[hub.index("--revision") + 1] == commit and hub[hub.index("--tokenizer-revision") + 1] == commit
+    mine = printed({"MODEL": "canada-quant/DeepSeek-V4-Flash-NVFP4-FP8-MTP", "MODEL_REVISION": commit}, "--revision", "v2")
+    assert mine[-2:] == ["--revision", "v2"] and "--tokenizer-revision" not in mine
+    assert "--revision" not in printed({"MODEL_REVISION": commit})     # the baked tiny model is a path
+
+
 # ---- the patched image with MTP on -----------------------------------------------------------
 
 def test_entrypoint_prints_the_command_and_passes_the_preflight(mtp_server):
@@ -244,6 +262,10 @@ def test_verify_a_gpu_image_with_the_card_thresholds(target, gpu_images, request
         result = verify("--url", server.url, "--arch", target, "--concurrency", "1,4", "--max-tokens", "2048",
                         "--json", str(tmp_path / f"verify-{target}.json"))
         assert result.returncode == 0, result.stdout[-4000:]
+        # tool calling on the live deployment: every check applies (no tiny-model SKIPs), so exit 0 means all PASS
+        tools = verify("--url", server.url, "--arch", target, "--workload", "tools",
+                       "--json", str(tmp_path / f"verify-tools-{target}.json"))
+        assert tools.returncode == 0, tools.stdout[-4000:]
     finally:
         stop(c)
 

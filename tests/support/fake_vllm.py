@@ -59,6 +59,16 @@ MODES = {
     "batch-corrupts": "a request sharing the batch with another goes off the rule",
     "unlikely-logprobs": "text follows the rule but logprobs say a run of tokens had p < 1e-5",
     "diverge": "as a baseline: greedy outputs leave the rule after 6 tokens",
+    # tool calling (verify --workload tools); healthy modes answer every tools request with one call
+    "tools-unsupported": "tools requests answer 400: no --tool-call-parser (as vLLM without one)",
+    "tools-markup": "DSML markup leaks into the content next to the structured call",
+    "tools-args-not-json": "call arguments are not JSON",
+    "tools-args-schema": "call arguments are JSON but violate the tool's schema",
+    "tools-stream-differs": "streamed call arguments differ from the non-streamed ones at temperature 0",
+    "tools-required-text": "tool_choice=required is answered with plain text, no call",
+    "tools-stream-drops-call": "the tool call is dropped when streamed (only the non-streamed answer has it)",
+    "tools-auto-text": "tool_choice=auto never calls a tool: the prompt is answered in words",
+    "tools-like-tiny": "as the cpu image's tiny model: auto answers words, required starts a call cut at max_tokens",
 }
 # Written after verify's code, to see how it copes with what it was not designed for.
 UNDESIGNED = {
@@ -149,6 +159,31 @@ def logprobs_for(state: State, chat: bool, ids: list[int], start: int) -> dict:
                             for t, v in zip(ids, values)]}
     return {"text_offset": list(range(len(ids))), "token_logprobs": values, "tokens": [text_of(t) for t in ids],
             "top_logprobs": [{text_of(t): v} for t, v in zip(ids, values)]}
+
+
+def _instance(schema: dict):
+    """A small value valid against the schema subset the tools workload uses."""
+    if "enum" in schema:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if kind == "object":
+        return {k: _instance(v) for k, v in schema.get("properties", {}).items() if k in schema.get("required", [])}
+    if kind == "boolean":
+        return False
+    if kind in ("number", "integer"):
+        return schema.get("minimum", 1)
+    return "USD" if schema.get("pattern") == "^[A-Z]{3}$" else "Paris"
+
+
+def tool_call_for(text: str, tools: list[dict]) -> tuple[str, dict]:
+    """(name, arguments) of the offered tool whose name shares a word with the prompt, else the first tool."""
+    words = {"weather": ("weather", "天气"), "currency": ("dollar", "euro", "currency"), "light": ("light",)}
+    for tool in tools:
+        name = tool["function"]["name"]
+        if any(w in text.lower() for key, ws in words.items() if key in name for w in ws):
+            return name, _instance(tool["function"].get("parameters") or {})
+    first = tools[0]["function"]
+    return first["name"], _instance(first.get("parameters") or {})
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -309,6 +344,8 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
+        if chat and body.get("tools") and body.get("tool_choice") in ("auto", "required"):
+            return self.tool_answer(body, index)
         prompt, steps, n = generate(self.state, body, index, batched)
         if mode == "ok-everything":
             steps, n = [[6 + ord("O"), 6 + ord("K"), 6 + ord(".")]], 3
@@ -363,6 +400,60 @@ class Handler(BaseHTTPRequestHandler):
         if mode == "double-done":
             self.event(b"[DONE]")
             self.event({"choices": [{"index": 0, "delta": {"content": " stray"}, "token_ids": [9]}]})
+        self.chunk(b"")
+
+    def tool_answer(self, body: dict, index: int) -> None:
+        """One call to the tool the prompt asks for, arguments valid against its schema (unless the mode says
+        otherwise), streamed as vLLM does: the name in the first delta, the arguments in pieces."""
+        mode, stream = self.state.mode, bool(body.get("stream"))
+        if mode == "tools-unsupported":
+            message = ('"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
+                       if body["tool_choice"] == "auto" else 'tool_choice="required" requires --tool-call-parser to be set')
+            return self.reply_json({"object": "error", "message": message, "type": "BadRequestError", "code": 400}, 400)
+        text = " ".join(m.get("content", "") for m in body.get("messages", []))
+        name, args = tool_call_for(text, body["tools"])
+        arguments = json.dumps(args)
+        content = ""
+        if mode == "tools-args-not-json":
+            arguments = arguments.replace('"', "")[:-1]
+        elif mode == "tools-args-schema":
+            arguments = json.dumps({**{k: None for k in args}, "extra": 1})
+        elif mode == "tools-stream-differs" and stream:   # still valid against the schema: only the pair differs
+            other = {"celsius": "fahrenheit", "Paris": "Lyon", "USD": "EUR", "kitchen": "office"}
+            arguments = json.dumps({k: (not v) if isinstance(v, bool) else other.get(v, v) if isinstance(v, str) else v + 1
+                                    for k, v in args.items()})
+        elif mode == "tools-markup":
+            content = f'<｜DSML｜invoke name="{name}">'
+        plain = (mode == "tools-required-text" and body["tool_choice"] == "required") or \
+            (mode in ("tools-auto-text", "tools-like-tiny") and body["tool_choice"] == "auto") or \
+            (mode == "tools-stream-drops-call" and stream)
+        if plain:
+            content = "" if mode == "tools-stream-drops-call" else " able about above across"
+        if mode == "tools-like-tiny":   # measured on the cpu image: the DSML parser hands on {} for the cut call
+            name, arguments = body["tools"][0]["function"]["name"], "{}"
+        calls = [] if plain else [{"id": f"chatcmpl-tool-{index}", "type": "function",
+                                   "function": {"name": name, "arguments": arguments}}]
+        finish = "length" if mode == "tools-like-tiny" else "tool_calls" if calls else "stop"
+        usage = {"prompt_tokens": 10, "completion_tokens": 12, "total_tokens": 22}
+        head = {"id": f"chatcmpl-{index}", "created": 1, "model": self.state.model}
+        if not stream:
+            message = {"role": "assistant", "content": content or None, "reasoning_content": None, "tool_calls": calls}
+            return self.reply_json({**head, "object": "chat.completion", "usage": usage,
+                                    "choices": [{"index": 0, "message": message, "finish_reason": finish}]})
+        head["object"] = "chat.completion.chunk"
+        self.start_stream()
+        self.event({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+        if content:
+            self.event({**head, "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}]})
+        for call in calls:
+            first = {"index": 0, "id": call["id"], "type": "function", "function": {"name": name, "arguments": ""}}
+            self.event({**head, "choices": [{"index": 0, "delta": {"tool_calls": [first]}, "finish_reason": None}]})
+            for at in range(0, len(arguments), 7):
+                piece = {"index": 0, "function": {"arguments": arguments[at:at + 7]}}
+                self.event({**head, "choices": [{"index": 0, "delta": {"tool_calls": [piece]}, "finish_reason": None}]})
+        self.event({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+        self.event({**head, "choices": [], "usage": usage})
+        self.event(b"[DONE]")
         self.chunk(b"")
 
     def whole(self, chat: bool, prompt: list[int], steps: list[list[int]], n: int, want_lp: bool) -> None:

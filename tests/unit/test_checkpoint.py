@@ -82,6 +82,16 @@ def test_model_revision_selects_the_snapshot_its_ref_names(tmp_path):
     assert ck.find_local_checkpoint(NVFP4, {**env, "MODEL_REVISION": "v3"}) is None  # not cached: not local
 
 
+def test_a_commit_pin_selects_its_snapshot_which_no_ref_names(tmp_path):
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = _cached(tmp_path / "hub", NVFP4, {"main": "r1"})
+    v4_checkpoint(repo / "snapshots" / commit)  # fetched by commit: the Hub cache writes no refs/ file for it
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "MODEL_REVISION": commit}
+    assert ck.find_local_checkpoint(NVFP4, env)[0] == repo / "snapshots" / commit
+    other = "f" * 40
+    assert ck.find_local_checkpoint(NVFP4, {**env, "MODEL_REVISION": other}) is None  # not cached: not local
+
+
 def test_the_cpu_tiny_model_passes_as_deepseek_v3(tmp_path):
     tinymodel.write_model(tmp_path / "tiny", seed=0)
     found = ck.check_mtp(str(tmp_path / "tiny"), {})

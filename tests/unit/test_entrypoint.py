@@ -319,3 +319,88 @@ def test_serving_checks_home_itself_before_its_cache(tmp_path, capsys, monkeypat
     assert ep.main([], {"HOME": "relative"}, path) == 2
     assert "HOME='relative' is not an absolute path" in capsys.readouterr().err
     assert not (tmp_path / "relative").exists()  # nothing made under a relative HOME
+
+
+# ---- MODEL_REVISION: what the preflight checks is what vLLM serves ----------------------------------
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def test_model_revision_reaches_vllm_for_the_weights_and_the_tokenizer():
+    cmd = command("sm100", {"MODEL_REVISION": COMMIT})
+    assert _last(cmd, "--revision") == COMMIT and _last(cmd, "--tokenizer-revision") == COMMIT
+    assert "--revision" not in command("sm100") and "--tokenizer-revision" not in command("sm100")
+    w4a16 = command("sm120", {"MODEL": W4A16, "MODEL_REVISION": "v2"})  # a known alternative model too
+    assert _last(w4a16, "--revision") == "v2" and _last(w4a16, "--tokenizer-revision") == "v2"
+
+
+@pytest.mark.parametrize("user", [["--revision", "v9"], ["--revision=v9"], ["--revision_x"], ["--revision", "v9", "--seed", "1"]])
+def test_a_revision_after_the_image_name_wins_and_takes_the_tokenizer_with_it(user):
+    cmd = command("sm100", {"MODEL_REVISION": COMMIT}, user)
+    if user == ["--revision_x"]:  # not the flag: ours stand
+        assert ep.served_revision(cmd) == COMMIT and _last(cmd, "--tokenizer-revision") == COMMIT
+        return
+    assert ep.served_revision(cmd) == "v9"
+    # vLLM pins the tokenizer to the revision it serves when none is given: no stale --tokenizer-revision of ours
+    assert "--tokenizer-revision" not in cmd
+    assert cmd.index("--revision") < len(cmd) - len(user)  # ours is still there; the user's comes later
+
+
+@pytest.mark.parametrize("where", ["argv", "VLLM_EXTRA_ARGS"])
+@pytest.mark.parametrize("user", [["--tokenizer-revision", "t1"], ["--tokenizer_revision=t1"], ["--tokenizer", "other/tok"]])
+def test_the_users_tokenizer_flags_are_not_contradicted(where, user):
+    env = {"MODEL_REVISION": COMMIT}
+    if where == "VLLM_EXTRA_ARGS":
+        cmd = command("sm100", {**env, "VLLM_EXTRA_ARGS": shlex.join(user)})
+    else:
+        cmd = command("sm100", env, user)
+    assert ep.served_revision(cmd) == COMMIT
+    assert "--tokenizer-revision" not in cmd[:len(cmd) - len(user)]  # only the user's, if any
+
+
+def test_a_path_model_gets_no_revision_and_a_warning(tmp_path, capsys):
+    assert "--revision" not in command("cpu", {"MODEL_REVISION": "v2"})  # the baked tiny model is a path
+    assert "--revision" not in command("sm100", {"MODEL": "/models/x", "MODEL_REVISION": "v2"})
+    assert "--revision" not in command("sm100", {"MODEL": "./models/x", "MODEL_REVISION": "v2"})
+    path = tmp_path / "serve.json"
+    path.write_text(json.dumps(defaults("sm100")))
+    assert ep.main(["--print-command"], {"MODEL": "/models/x", "MODEL_REVISION": "v2"}, path) == 0
+    captured = capsys.readouterr()
+    assert "--revision" not in captured.out
+    assert ("[dsv4-flash] warning: MODEL_REVISION='v2' is not passed to vLLM: MODEL /models/x is a path" in captured.err)
+
+
+def test_print_command_shows_the_revision_served(tmp_path, capsys):
+    path = tmp_path / "serve.json"
+    path.write_text(json.dumps(defaults("sm120")))
+    assert ep.main(["--print-command"], {"MODEL_REVISION": COMMIT}, path) == 0
+    out = shlex.split(capsys.readouterr().out.strip())
+    assert out == command("sm120", {"MODEL_REVISION": COMMIT})
+    assert _last(out, "--revision") == COMMIT and _last(out, "--tokenizer-revision") == COMMIT
+    assert ep.main(["--print-command", "--revision", "v9"], {"MODEL_REVISION": COMMIT}, path) == 0
+    out = shlex.split(capsys.readouterr().out.strip())
+    assert _last(out, "--revision") == "v9" and "--tokenizer-revision" not in out
+
+
+@pytest.mark.parametrize("env,argv,checked", [
+    ({"MODEL_REVISION": COMMIT}, [], COMMIT),
+    ({"MODEL_REVISION": COMMIT}, ["--revision", "v9"], "v9"),   # the preflight checks what is served
+    ({}, ["--revision=v9"], "v9"),
+    ({}, [], None),
+])
+def test_the_preflight_checks_the_revision_vllm_serves(tmp_path, capsys, monkeypatch, env, argv, checked):
+    seen = []
+    monkeypatch.setattr(ep.checkpoint, "check_mtp", lambda model, env_, profile: seen.append(env_.get("MODEL_REVISION")) or "ok")
+    path = tmp_path / "serve.json"
+    path.write_text(json.dumps(defaults("sm100")))
+    assert ep.main(["--preflight-only", *argv], env, path) == 0
+    assert seen == [checked]
+
+
+def test_a_path_models_preflight_gets_no_revision(tiny_checkpoints, tmp_path, capsys, monkeypatch):
+    seen = []
+    monkeypatch.setattr(ep.checkpoint, "check_mtp", lambda model, env_, profile: seen.append(env_.get("MODEL_REVISION")) or "ok")
+    path = tmp_path / "serve.json"
+    path.write_text(json.dumps(defaults("cpu")))
+    assert ep.main(["--preflight-only"], {"MODEL": str(tiny_checkpoints / "with-mtp"), "MODEL_REVISION": "v2"}, path) == 0
+    assert seen == [None]
