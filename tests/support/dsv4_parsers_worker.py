@@ -174,7 +174,12 @@ def main() -> int:
     try:
         request = json.loads(Path(sys.argv[1]).read_text())
     except (OSError, ValueError) as exc:
-        print(f"dsv4_parsers_worker: cannot read {sys.argv[1]}: {exc}", file=sys.stderr)
+        print(f"dsv4_parsers_worker: cannot read {sys.argv[1]}: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    if not isinstance(request, dict) or not isinstance(request.get("cases"), list) \
+            or not all(isinstance(c, dict) and {"name", "messages", "output"} <= c.keys() for c in request["cases"]):
+        print(f"dsv4_parsers_worker: {sys.argv[1]}: expected {{\"cases\": [{{name, messages, output, ...}}]}}",
+              file=sys.stderr)
         return 2
     Path(sys.argv[2]).write_text(json.dumps(run(request), ensure_ascii=False, indent=1))
     return 0

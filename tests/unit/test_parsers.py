@@ -116,3 +116,13 @@ def test_patch_0003_is_needed(prove_env, results, tmp_path):
         assert all((r[field] or "").endswith("<｜DSML｜tool_ca") for r in runs.values()), (got["name"], runs)
     for got in (c for c in results["cases"] if c["name"] in CUT_TAG):
         assert not any(leaks(r) for r in [got["whole"], *got["streamed"].values()]), got["name"]
+
+
+@pytest.mark.parametrize("request_text", ['{"cases": 3}', "not json", '{"cases": [{"name": "x"}]}'])
+def test_a_bad_request_is_one_line_and_exit_2(prove_env, tmp_path, request_text):
+    bad = tmp_path / "bad.json"
+    bad.write_text(request_text)
+    done = subprocess.run([str(prove_env.python), str(WORKER), str(bad), str(tmp_path / "out.json")],
+                          capture_output=True, text=True, env=prove_env.run_env())
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("dsv4_parsers_worker: ") and not (tmp_path / "out.json").exists()
