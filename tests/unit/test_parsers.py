@@ -126,3 +126,12 @@ def test_a_bad_request_is_one_line_and_exit_2(prove_env, tmp_path, request_text)
                           capture_output=True, text=True, env=prove_env.run_env())
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert done.stderr.startswith("dsv4_parsers_worker: ") and not (tmp_path / "out.json").exists()
+
+
+def test_the_committed_corpus_is_what_the_encoding_renders(prove_env, tmp_path):
+    out = tmp_path / "corpus.json"
+    done = subprocess.run([str(prove_env.python), str(REPO_ROOT / "tests" / "fixtures" / "parsers" / "make_dsml_corpus.py"),
+                           str(out)], capture_output=True, text=True, env=prove_env.run_env())
+    assert done.returncode == 0, done.stderr[-2000:]
+    committed = REPO_ROOT / "tests" / "fixtures" / "parsers" / "dsml_corpus.json"
+    assert out.read_text() == committed.read_text(), "regenerate it with make_dsml_corpus.py (see PROVENANCE.md)"
