@@ -92,8 +92,10 @@ def test_whole_and_every_chunking(case, results):
         assert not leaks(result), (name, leaks(result))
         if case.get("truncated"):
             # Cut inside a call: whatever it returns is named as the whole parse names it; the arguments of a
-            # call cut inside a value are not asserted (whole returns {}, streamed the JSON prefix so far).
+            # call cut inside a value are not asserted (whole returns {}, streamed the JSON prefix so far), and
+            # a call cut inside its name comes back under the cut name ("get_wea"), as in 0.33.0.
             assert [c["name"] for c in result["tool_calls"]] == [c["name"] for c in got["whole"]["tool_calls"]], name
+            assert name == "whole" or result["finish_reason"] == "length", name  # a cut call is not reported complete
             continue
         assert calls(result) == want, name
         assert (result["reasoning"] or "").strip() == expected["reasoning"].strip(), name
