@@ -112,13 +112,15 @@ def test_serve_defaults_json_is_what_the_entrypoint_reads(tmp_path, capsys):
     sm100 = _served_command("sm100", tmp_path, capsys)
     assert sm100[:3] == ["vllm", "serve", "canada-quant/DeepSeek-V4-Flash-NVFP4-FP8-MTP"]
     assert (_flag(sm100, "--tensor-parallel-size"), _flag(sm100, "--max-model-len")) == ("4", "65536")
-    assert json.loads(_flag(sm100, "--speculative-config")) == {"method": "mtp", "num_speculative_tokens": 2}
+    assert json.loads(_flag(sm100, "--speculative-config")) == {  # with known_issues.toml's answers
+        "method": "mtp", "num_speculative_tokens": 2, "draft_sample_method": "probabilistic", "moe_backend": "triton"}
     assert "--disable-custom-all-reduce" not in sm100 and "--cudagraph-capture-sizes" not in sm100
     assert "--trust-remote-code" not in sm100 and _flag(sm100, "--kv-cache-dtype") == "fp8"
 
     sm120 = _served_command("sm120", tmp_path, capsys)
     assert (_flag(sm120, "--tensor-parallel-size"), _flag(sm120, "--max-num-seqs")) == ("2", "8")
-    assert json.loads(_flag(sm120, "--speculative-config")) == {"method": "mtp", "num_speculative_tokens": 1}
+    assert json.loads(_flag(sm120, "--speculative-config")) == {
+        "method": "mtp", "num_speculative_tokens": 1, "draft_sample_method": "probabilistic", "moe_backend": "auto"}
     assert "--disable-custom-all-reduce" in sm120
     at = sm120.index("--cudagraph-capture-sizes")
     assert sm120[at + 1:at + 5] == ["2", "4", "8", "16"]  # batch sizes 1 2 4 8 times k+1
