@@ -122,6 +122,7 @@ PICKED = {"nvfp4_moe_backend": "FLASHINFER_TRTLLM", "mtp_moe_backend": "TRITON",
     ("10.0", {"rejection_sample_method": "synthetic"}, ["known.rejection-synthetic@10.0"]),
     ("10.0", {"mtp_with_dcp": "yes"}, ["known.mtp-dcp-full-graphs@10.0"]),
     ("10.0", {"tool_strict_level": None}, ["known.dsml-leak@10.0", "known.grammar-auto-non-strict@10.0"]),
+    ("10.3", {"mtp_moe_backend": "error: ValueError: not supported"}, ["known.mtp-moe-trtllm-sm103@10.3"]),
 ])
 def test_prove_fails_a_pick_the_table_marks_broken(capability, change, fails):
     report = Report("sm100")

@@ -234,6 +234,7 @@ def moe_config(vllm_config):
         moe_parallel_config=parallel, in_dtype=vllm_config.model_config.dtype,
         moe_backend=vllm_config.kernel_config.moe_backend, router_logits_dtype=torch.float32,
         max_num_tokens=vllm_config.scheduler_config.max_num_batched_tokens, activation=MoEActivation.SILU,
+        is_lora_enabled=vllm_config.lora_config is not None,
         device=vllm_config.device_config.device, routing_method=router.kernel_routing_method_type,
         require_decomposed_backend=not router.supports_monolithic_kernels, swiglu_limit=hf.swiglu_limit,
         max_capture_size=vllm_config.compilation_config.max_cudagraph_capture_size)
