@@ -3,7 +3,8 @@ command it is given through the path `vllm serve` takes before it starts anythin
 with the serve subcommand, ServeSubcommand.validate, validate_api_server_args,
 AsyncEngineArgs.from_cli_args and create_engine_config(). Then it asks vLLM's compressed-tensors
 config which scheme each kind of layer of the checkpoint gets, with the installed (patched) module
-and with the pristine file from the wheel.
+and with the pristine file from the wheel, and, for the default and the user's settings, what vLLM's
+selectors pick for the rows of known_issues.toml (picks(): MoE backends, sampling methods, CUDA graphs).
 
     python prove_worker.py REQUEST.json RESULT.json
 
