@@ -299,6 +299,9 @@ class Serve(_Table):
     max_num_batched_tokens: Positive | None = None
     cudagraph_batch_sizes: Sizes | None = None
     dtype: Text | None = None
+    tool_strict_level: Text | None = None
+    # vLLM SpeculativeConfig fields the MTP config carries besides method and k (known_issues.toml's answers).
+    speculative: dict[str, Text] = Field(default_factory=dict)
     extra_args: Strings
     env: dict[str, str] = Field(default_factory=dict)
     # Ours, not vLLM flags: the smallest /dev/shm the entrypoint accepts, and the health check's start

@@ -1,4 +1,5 @@
-"""Render Dockerfile.<target>, serve_defaults/<target>.json and deploy/ from templates/ and matrix.toml.
+"""Render Dockerfile.<target>, serve_defaults/<target>.json and deploy/ from templates/ and matrix.toml, and the
+README's known-issues table from known_issues.toml.
 
 Rendering is byte-for-byte deterministic: it depends on the matrix and the templates only
 (never on the owner, the time or the machine). `check` compares against the committed files.
@@ -12,7 +13,7 @@ from pathlib import Path, PurePosixPath
 
 import jinja2
 
-from . import REPO_ROOT
+from . import REPO_ROOT, known_issues
 from .deploy import render_files as render_deploy_files
 from .errors import UserError
 from .matrix import IMAGE_HOME, IMAGE_UID, IMAGE_USER, Matrix, Target
@@ -51,19 +52,21 @@ def render_dockerfile(matrix: Matrix, target: Target) -> str:
     return "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
 
 
-def render_all(matrix: Matrix) -> dict[str, str]:
+def render_all(matrix: Matrix, root: Path = REPO_ROOT) -> dict[str, str]:
     """Relative path -> content of every generated file."""
     files = {}
     for target in matrix.targets.values():
         files[target.dockerfile] = render_dockerfile(matrix, target)
         files[target.serve_defaults_path] = json.dumps(target.serve_defaults(), indent=2, sort_keys=True) + "\n"
     files.update(render_deploy_files(matrix))  # deploy/k8s/, deploy/compose/
+    if (root / "README.md").is_file():  # its known-issues section
+        files["README.md"] = known_issues.readme_with_table((root / "README.md").read_text(), known_issues.load())
     return files
 
 
 def write(matrix: Matrix, root: Path = REPO_ROOT) -> list[str]:
     written = []
-    for rel, content in render_all(matrix).items():
+    for rel, content in render_all(matrix, root).items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists() or path.read_text() != content:
@@ -74,5 +77,5 @@ def write(matrix: Matrix, root: Path = REPO_ROOT) -> list[str]:
 
 def check(matrix: Matrix, root: Path = REPO_ROOT) -> list[str]:
     """The generated files whose committed content differs from what the templates produce."""
-    return [rel for rel, content in render_all(matrix).items()
+    return [rel for rel, content in render_all(matrix, root).items()
             if not (root / rel).exists() or (root / rel).read_text() != content]

@@ -249,12 +249,18 @@ def is_path(model: str) -> bool:
     return model.startswith(("/", "./", "../"))
 
 
+def _flag_name(name: str) -> str:
+    """--flag_name and --flag-name are one flag to vLLM (short flags such as -dcp stay as they are)."""
+    return "--" + name[2:].replace("_", "-") if name.startswith("--") else name
+
+
 def _flag_values(args: list[str], *names: str) -> list[str]:
     """The values given to any of `names` (--flag value, --flag=value; vLLM also reads --flag_name)."""
+    wanted = {_flag_name(n) for n in names}
     values = []
     for i, arg in enumerate(args):
         name, eq, value = arg.partition("=")
-        if name.startswith("--") and "--" + name[2:].replace("_", "-") in names:
+        if arg.startswith("-") and _flag_name(name) in wanted:
             if eq:
                 values.append(value)
             elif i + 1 < len(args):
@@ -272,7 +278,7 @@ def check_defaults(defaults, path: Path) -> dict:
     """The image's serve.json: the keys and types build_command relies on (one line naming the first bad one)."""
     wanted = {"model": str, "port": int, "tensor_parallel_size": int, "max_model_len": int,
               "num_speculative_tokens": int}
-    optional = {"extra_args": list, "cudagraph_batch_sizes": list, "min_shm_mb": int, "host": str}
+    optional = {"extra_args": list, "cudagraph_batch_sizes": list, "min_shm_mb": int, "host": str, "speculative": dict}
     serve = defaults.get("serve") if isinstance(defaults, dict) else None
     if not isinstance(serve, dict):
         raise EntrypointError(f"the image's serve defaults {path} hold no \"serve\" table", EXIT_BAD_OVERRIDE)
@@ -299,7 +305,7 @@ def build_command(serve: dict, passthrough: list[str]) -> list[str]:
            "--tensor-parallel-size", str(serve["tensor_parallel_size"]),
            "--max-model-len", str(serve["max_model_len"])]
     valued = ["served_model_name", "dtype", "kv_cache_dtype", "block_size", "tokenizer_mode",
-              "reasoning_parser", "tool_call_parser", "max_num_seqs", "max_num_batched_tokens"]
+              "reasoning_parser", "tool_call_parser", "tool_strict_level", "max_num_seqs", "max_num_batched_tokens"]
     for key in valued:
         if serve.get(key) is not None:
             cmd += ["--" + key.replace("_", "-"), str(serve[key])]
@@ -308,7 +314,9 @@ def build_command(serve: dict, passthrough: list[str]) -> list[str]:
             cmd.append("--" + flag.replace("_", "-"))
     k = serve["num_speculative_tokens"]
     if k > 0:
-        spec = json.dumps({"method": "mtp", "num_speculative_tokens": k}, separators=(",", ":"))
+        # plus the target's answers to known upstream issues (known_issues.toml), e.g. the draft's MoE backend
+        spec = json.dumps({"method": "mtp", "num_speculative_tokens": k, **(serve.get("speculative") or {})},
+                          separators=(",", ":"))
         cmd += ["--speculative-config", spec]
     if serve.get("cudagraph_batch_sizes"):
         cmd += ["--cudagraph-capture-sizes", *map(str, capture_sizes(serve["cudagraph_batch_sizes"], k))]
@@ -320,7 +328,32 @@ def build_command(serve: dict, passthrough: list[str]) -> list[str]:
         cmd += ["--revision", serve["revision"]]
         if not _flag_values(user, "--revision", "--tokenizer", "--tokenizer-revision"):
             cmd += ["--tokenizer-revision", serve["revision"]]
-    return cmd + user
+    cmd += user
+    refuse_known_issues(cmd, k)
+    return cmd
+
+
+def refuse_known_issues(cmd: list[str], k: int) -> None:
+    """Settings known_issues.toml answers with `refused`: one line, exit 2.
+    rejection-synthetic: anything but standard rejection sampling changes the output distribution.
+    mtp-dcp-full-graphs: MTP with decode context parallelism corrupts silently (vllm#45425)."""
+    methods = _flag_values(cmd, "--speculative-config.rejection_sample_method")
+    for text in _flag_values(cmd, "--speculative-config"):
+        try:
+            spec = json.loads(text)
+        except ValueError:
+            continue  # not JSON: vLLM's parser says what is wrong with it
+        if isinstance(spec, dict) and "rejection_sample_method" in spec:
+            methods.append(str(spec["rejection_sample_method"]))
+    for method in methods:
+        if method != "standard":
+            raise EntrypointError(f"rejection_sample_method={_shown(method)} is refused: this image serves standard "
+                                  "rejection sampling only (synthetic fakes acceptance, fly is lossy; known_issues.toml)",
+                                  EXIT_BAD_OVERRIDE)
+    for value in _flag_values(cmd, "--decode-context-parallel-size", "-dcp"):
+        if k > 0 and value.strip() not in ("", "1"):
+            raise EntrypointError(f"decode context parallelism ({_shown(value)}) with MTP is refused: it corrupts output "
+                                  "silently (vllm#45425); set NUM_SPECULATIVE_TOKENS=0 to use it", EXIT_BAD_OVERRIDE)
 
 
 # ---- preflight: the checkpoint (checkpoint.py holds what we know about checkpoints) -------------

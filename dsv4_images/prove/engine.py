@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import known_issues
 from ..in_image import entrypoint
 from .env import Env
 from .report import Report, StepFailed
@@ -187,17 +188,21 @@ def judge_schemes(report: Report, schemes: dict, suffix: str = "") -> None:
 
 
 def run(report: Report, env: Env, pt: ProveTarget, case_list: list[Case], log_dir: Path,
-        model: Path = FIXTURE_MODEL, patched_source: Path | None = None, locate=lambda path: path) -> dict:
-    """Every case on the first stated device; the default again on every other device of the target."""
+        model: Path = FIXTURE_MODEL, patched_source: Path | None = None, table=None, locate=lambda path: path) -> dict:
+    """Every case on the first stated device; the default (and the user's settings) again on every other device
+    of the target. `table`: known_issues.toml's rows (default: the committed file). `locate`: where the worker
+    sees a host path (prove --image mounts the fixtures elsewhere)."""
     argv = {case.id: argv_for_or_refusal(report, pt, case, locate(model), locate) for case in case_list}
     runnable = [c for c in case_list if argv[c.id] is not None]
     compressed_tensors = "vllm/model_executor/layers/quantization/compressed_tensors/compressed_tensors.py"
     request = {"model": str(locate(model)), "details_for": "default", "layers": MAIN_LAYERS,
                "weight_only_layer": MAIN_LAYERS["attention.fused_wqa_wkv"],
                "mtp_layers": MTP_LAYERS, "pristine_compressed_tensors": str(env.pristine / compressed_tensors),
-               "patched_compressed_tensors": str(patched_source) if patched_source else None}
-    chosen = {device.capability: runnable if i == 0 else [c for c in runnable if c.id == "default"]
-              for i, device in enumerate(pt.devices)}  # every case on the first device, the default on the others
+               "patched_compressed_tensors": str(patched_source) if patched_source else None,
+               "picks_for": list(PICKS_FOR)}
+    # every case on the first device; the default and the user's own settings on the others too
+    chosen = {device.capability: runnable if i == 0 else [c for c in runnable if c.id in PICKS_FOR]
+              for i, device in enumerate(pt.devices)}
 
     def work(device: Device) -> dict:
         req = {**request, "cases": [{"id": c.id, "argv": argv[c.id]} for c in chosen[device.capability]]}
@@ -218,8 +223,36 @@ def run(report: Report, env: Env, pt: ProveTarget, case_list: list[Case], log_di
             judge_schemes(report, result["schemes"], suffix)
         if "backends" in result:
             judge_backends(report, result["backends"], device.capability)
+        for case_id, picked in result.get("picks", {}).items():
+            judge_known(report, table or known_issues.load(), pt.name, device.capability, picked,
+                        "" if case_id == "default" else f" ({case_id})")
     report.facts["engine"] = results
     return results
+
+
+PICKS_FOR = ("default", "your settings")  # the cases whose known-issue picks prove reports and judges
+
+
+def judge_known(report: Report, table, target: str, capability: str, picked: dict, label: str = "") -> None:
+    """One INFO line with what vLLM's selectors picked on this capability, then one PASS/FAIL line per row of
+    known_issues.toml that prove checks here: FAIL when the reported value is one the table marks broken."""
+    if "error" in picked:
+        report.add(f"known@{capability}{label}", False, f"vLLM's selectors raised {picked['error']}")
+        return
+    report.add(f"picks@{capability}{label}", None,
+               f"NVFP4 routed experts {picked['nvfp4_moe_backend']}, BF16 MTP experts {picked['mtp_moe_backend']}, "
+               f"draft sampling {picked['draft_sample_method']}, rejection sampling {picked['rejection_sample_method']}, "
+               f"CUDA graphs target {picked['cudagraph_mode']} / draft {picked['draft_cudagraph_mode']}, "
+               f"tool strict level {picked['tool_strict_level']}, FlashInfer autotune {picked['flashinfer_autotune']}")
+    for issue in known_issues.judged(table, target, capability):
+        value, rule = picked.get(issue.prove.report), issue.prove
+        refused = str(value).startswith("error:")  # vLLM's selector raised: the server would not start like this
+        hit = refused or rule.hit(value)
+        said = f"broken: {'/'.join(rule.broken)}" if rule.broken else f"allowed: {'/'.join(rule.allowed)}"
+        report.add(f"known.{issue.id}@{capability}{label}", not hit,
+                   f"{issue.prove.report} = {value} ({said}; {', '.join(issue.reports[:2])})"
+                   + ("; vLLM refuses this setting at model load" if refused else
+                      f"; the table's answer ({issue.answer}) is not in effect" if hit else ""))
 
 
 def judge_backends(report: Report, backends: dict, capability: str) -> None:

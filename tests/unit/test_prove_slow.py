@@ -95,3 +95,24 @@ def test_a_runtime_with_compilers_gets_them_executed(prove_env, tmp_path):
 
 def report_for(pt):
     return report.Report(pt.name)
+
+
+
+def test_a_configuration_the_table_marks_broken_fails_prove(prove_env, tmp_path):
+    """known_issues.toml, executed on sm100's 10.0 and 10.3: the committed command passes every known.* line;
+    a speculative config of the user's own replaces ours whole (greedy drafts again) and asks TRT-LLM for the
+    draft's BF16 experts, which vLLM's oracle refuses for DeepSeek-V4's routing: both lines fail."""
+    pt = target("sm100")
+    r = report_for(pt)
+    spec = '{"method":"mtp","num_speculative_tokens":2,"moe_backend":"flashinfer_trtllm"}'
+    engine.run(r, prove_env, pt, [engine.Case("default"), engine.Case("your settings", args=["--speculative-config", spec])],
+               tmp_path)
+    status = {x.name: x.status for x in r.lines}
+    for capability in ("10.0", "10.3"):
+        assert [n for n, s in status.items() if n.startswith("known.") and n.endswith(f"@{capability}") and s != "PASS"] == []
+        assert status[f"known.draft-sample-greedy@{capability} (your settings)"] == "FAIL"
+    assert status["known.mtp-moe-trtllm-sm103@10.3"] == "PASS"
+    assert status["known.mtp-moe-trtllm-sm103@10.3 (your settings)"] == "FAIL"
+    picks = {x.name: x.detail for x in r.lines if x.name.startswith("picks@")}
+    assert "BF16 MTP experts TRITON" in picks["picks@10.3"]
+    assert "BF16 MTP experts error: ValueError" in picks["picks@10.3 (your settings)"]

@@ -3,7 +3,8 @@ command it is given through the path `vllm serve` takes before it starts anythin
 with the serve subcommand, ServeSubcommand.validate, validate_api_server_args,
 AsyncEngineArgs.from_cli_args and create_engine_config(). Then it asks vLLM's compressed-tensors
 config which scheme each kind of layer of the checkpoint gets, with the installed (patched) module
-and with the pristine file from the wheel.
+and with the pristine file from the wheel, and, for the default and the user's settings, what vLLM's
+selectors pick for the rows of known_issues.toml (picks(): MoE backends, sampling methods, CUDA graphs).
 
     python prove_worker.py REQUEST.json RESULT.json
 
@@ -126,7 +127,8 @@ def run_case(argv: list[str]) -> tuple[dict, object]:
         return {"ok": False, "stage": stage, "error": one_line(exc),
                 "raised_at": f"{Path(where.filename).name}:{where.lineno}",
                 "seconds": round(time.monotonic() - started, 1)}, None
-    return {"ok": True, "config": summary(cfg), "seconds": round(time.monotonic() - started, 1)}, cfg
+    config = {**summary(cfg), "tool_strict_level": getattr(args, "tool_strict_level", None)}  # an API-server flag
+    return {"ok": True, "config": config, "seconds": round(time.monotonic() - started, 1)}, cfg
 
 
 def load_module_from(path: str, name: str):
@@ -205,6 +207,95 @@ def backends(vllm_config) -> dict:
     return out
 
 
+def moe_config(vllm_config):
+    """The FusedMoEConfig vLLM's FusedMoEFactory (fused_moe/layer.py) builds for a DeepSeek-V4 MoE layer past the
+    hash layers (the MTP block's is one), seen from rank 0: vLLM's FusedMoEParallelConfig.make with rank
+    stand-ins (no process group exists here), the router vLLM's create_fused_moe_router makes for the
+    model's routing (sqrtsoftplus with the noaux_tc bias), and the SwiGLU clamp."""
+    import types
+
+    import torch
+    from vllm.model_executor.layers.fused_moe import config as moe
+    from vllm.model_executor.layers.fused_moe.activation import MoEActivation
+    from vllm.model_executor.layers.fused_moe.router.router_factory import create_fused_moe_router
+
+    hf, pc = vllm_config.model_config.hf_config, vllm_config.parallel_config
+    rank0 = types.SimpleNamespace(rank_in_group=0)
+    moe.get_tensor_model_parallel_rank, moe.get_dp_group, moe.get_pcp_group = (lambda: 0), (lambda: rank0), (lambda: rank0)
+    parallel = moe.FusedMoEParallelConfig.make(tp_size_=pc.tensor_parallel_size, pcp_size_=pc.prefill_context_parallel_size,
+                                               dp_size_=pc.data_parallel_size, sp_size_=1, vllm_parallel_config=pc)
+    router = create_fused_moe_router(top_k=hf.num_experts_per_tok, global_num_experts=hf.n_routed_experts,
+                                     renormalize=hf.norm_topk_prob, scoring_func=getattr(hf, "scoring_func", "sqrtsoftplus"),
+                                     routed_scaling_factor=getattr(hf, "routed_scaling_factor", 1.0),
+                                     e_score_correction_bias=torch.empty(hf.n_routed_experts, dtype=torch.float32))
+    experts = hf.n_routed_experts // max(parallel.ep_size, 1)
+    return moe.FusedMoEConfig(
+        num_experts=hf.n_routed_experts, experts_per_token=hf.num_experts_per_tok, hidden_dim=hf.hidden_size,
+        intermediate_size=hf.moe_intermediate_size, num_local_experts=experts, num_logical_experts=hf.n_routed_experts,
+        moe_parallel_config=parallel, in_dtype=vllm_config.model_config.dtype,
+        moe_backend=vllm_config.kernel_config.moe_backend, router_logits_dtype=torch.float32,
+        max_num_tokens=vllm_config.scheduler_config.max_num_batched_tokens, activation=MoEActivation.SILU,
+        is_lora_enabled=vllm_config.lora_config is not None,
+        device=vllm_config.device_config.device, routing_method=router.kernel_routing_method_type,
+        require_decomposed_backend=not router.supports_monolithic_kernels, swiglu_limit=hf.swiglu_limit,
+        max_capture_size=vllm_config.compilation_config.max_cudagraph_capture_size)
+
+
+def picks(vllm_config, config: dict) -> dict:
+    """What known_issues.toml's prove rows read, each from vLLM's own function: the NVFP4 MoE oracle for the
+    routed experts (select_nvfp4_moe_backend, compressed-tensors W4A4 keys), the unquantized oracle for the
+    BF16 MTP experts under the draft's overrides (apply_draft_overrides, select_unquantized_moe_backend), the
+    sampling methods, the target's CUDA graph mode and the drafter's (SpecDecodeBaseProposer.initialize_cudagraph_keys)."""
+    import types
+
+    from vllm.config import set_current_vllm_config
+
+    spec, comp = vllm_config.speculative_config, vllm_config.compilation_config
+    out = {"draft_sample_method": spec.draft_sample_method if spec else "no speculation",
+           "rejection_sample_method": spec.rejection_sample_method if spec else "no speculation",
+           "cudagraph_mode": comp.cudagraph_mode.name,
+           "mtp_with_dcp": "yes" if spec and vllm_config.parallel_config.decode_context_parallel_size > 1 else "no",
+           "tool_strict_level": config.get("tool_strict_level"),
+           "flashinfer_autotune": vllm_config.kernel_config.enable_flashinfer_autotune}
+
+    def attempt(key, func):
+        try:
+            out[key] = func()
+        except Exception as exc:  # noqa: BLE001 - reported as the value, judged by the host
+            out[key] = f"error: {one_line(exc)}"
+
+    def nvfp4():
+        from vllm.model_executor.layers.fused_moe.oracle.nvfp4 import select_nvfp4_moe_backend
+        from vllm.model_executor.layers.quantization.utils.quant_utils import kNvfp4Dynamic, kNvfp4Static
+
+        with set_current_vllm_config(vllm_config):
+            return select_nvfp4_moe_backend(moe_config(vllm_config), kNvfp4Static, kNvfp4Dynamic)[0].name
+
+    def mtp():
+        from vllm.model_executor.layers.fused_moe.oracle.unquantized import select_unquantized_moe_backend
+
+        draft = spec.apply_draft_overrides(vllm_config)
+        with set_current_vllm_config(draft):
+            return select_unquantized_moe_backend(moe_config(draft))[0].name
+
+    def draft_graphs():
+        from vllm.v1.spec_decode.llm_base_proposer import SpecDecodeBaseProposer
+
+        seen = []
+        stand_in = types.SimpleNamespace(speculative_config=spec, cudagraph_dispatcher=types.SimpleNamespace(
+            initialize_cudagraph_keys=lambda mode, *rest: seen.append(mode)))
+        SpecDecodeBaseProposer.initialize_cudagraph_keys(stand_in, comp.cudagraph_mode)
+        return seen[0].name
+
+    attempt("nvfp4_moe_backend", nvfp4)
+    if spec:
+        attempt("mtp_moe_backend", mtp)
+        attempt("draft_cudagraph_mode", draft_graphs)
+    else:
+        out["mtp_moe_backend"] = out["draft_cudagraph_mode"] = "no speculation"
+    return out
+
+
 def mtp_decision(request: dict, quant: dict, config_class) -> dict:
     """What the NVIDIA DeepSeekV4MTP draft is built with: patch 0002 decides from the checkpoint."""
     try:
@@ -233,6 +324,11 @@ def main(request_path: str, result_path: str) -> int:
     for case in request["cases"]:
         outcome, cfg = run_case(case["argv"])
         result["cases"][case["id"]] = outcome
+        if case["id"] in request.get("picks_for", []) and cfg is not None:
+            try:
+                result.setdefault("picks", {})[case["id"]] = picks(cfg, outcome["config"])
+            except Exception as exc:  # noqa: BLE001 - the host reports it as a FAIL line
+                result.setdefault("picks", {})[case["id"]] = {"error": one_line(exc)}
         if case["id"] == request.get("details_for") and cfg is not None:
             for key, func in (("schemes", lambda: schemes(request, cfg)), ("backends", lambda: backends(cfg))):
                 try:
