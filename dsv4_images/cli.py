@@ -246,9 +246,11 @@ def cmd_verify(args) -> int:
 
 
 def cmd_repro(args) -> int:
-    from . import repro
+    from . import plan, repro
     m = _matrix()
-    return repro.main(m, m.resolve(args.arch), emit=_say, flashinfer_modules=args.flashinfer_modules)
+    target = m.resolve(args.arch)
+    plan.check_module_set(target, args.flashinfer_modules)  # before two builds start
+    return repro.main(m, target, emit=_say, flashinfer_modules=args.flashinfer_modules)
 
 
 def cmd_prove(args) -> int:

@@ -6,7 +6,6 @@ Validated on load (one line naming the first bad key), rendered into the README 
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -14,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from . import REPO_ROOT
 from .errors import UserError
+from .matrix import read_toml
 
 PATH = REPO_ROOT / "known_issues.toml"
 BEGIN, END = "<!-- known-issues:begin (generated from known_issues.toml by build.py render) -->", "<!-- known-issues:end -->"
@@ -72,12 +72,7 @@ class Table(_Table):
 
 
 def load(path: Path = PATH) -> Table:
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{path.name}: not valid TOML: {exc}") from None
+    raw = read_toml(path)
     try:
         table = Table.model_validate(raw)
     except ValidationError as exc:

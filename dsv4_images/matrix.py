@@ -770,14 +770,19 @@ def _externals(raw: dict) -> dict[str, tuple[External, ...]]:
     return out
 
 
-def load(path: Path | None = None) -> Matrix:
-    path = path or MATRIX_PATH
+def read_toml(path: Path) -> dict:
+    """A data file of the project (matrix.toml, known_issues.toml), or one line saying why it cannot be read."""
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"{path}: not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path.name}: not valid TOML: {exc}") from None
+
+
+def load(path: Path | None = None) -> Matrix:
+    path = path or MATRIX_PATH
+    raw = read_toml(path)
     unknown = set(raw) - {"schema", "project", "targets", "externals"}
     if unknown:
         raise UserError(f"matrix.toml: {sorted(unknown)[0]}: unknown key")

@@ -57,6 +57,19 @@ def describe_vllm(target: Target, vllm_source: str) -> list[str]:
     return lines
 
 
+def check_module_set(target: Target, wanted: str | None) -> str | None:
+    """The FlashInfer module set a build of `target` compiles ("full" unless a named one is asked for), or None
+    for a target without FlashInfer; an unknown set is one line, exit 2."""
+    if not target.flashinfer:
+        if wanted:
+            raise UserError(f"--flashinfer-modules: target {target.name} has no FlashInfer modules", exit_code=2)
+        return None
+    if wanted and wanted != "full" and wanted not in target.flashinfer.module_sets:
+        raise UserError(f"--flashinfer-modules {wanted!r}: target {target.name} has the sets full"
+                        f"{''.join(', ' + n for n in sorted(target.flashinfer.module_sets))}", exit_code=2)
+    return wanted or "full"
+
+
 @dataclass(frozen=True)
 class BuildPlan:
     target: Target
@@ -127,17 +140,12 @@ def make(matrix: Matrix, target: Target, provenance: Provenance, *, image: str |
     if target.vllm.separate_dist:
         build_args["VLLM_SOURCE"] = vllm_source
     notes = []
-    if target.flashinfer:
-        module_set = flashinfer_modules or "full"
-        if module_set != "full" and module_set not in target.flashinfer.module_sets:
-            raise UserError(f"--flashinfer-modules {module_set!r}: target {target.name} has the sets full"
-                            f"{''.join(', ' + n for n in sorted(target.flashinfer.module_sets))}", exit_code=2)
+    module_set = check_module_set(target, flashinfer_modules)
+    if module_set:
         build_args["FLASHINFER_MODULE_SET"] = module_set
         if module_set != "full":
             notes.append(f"FlashInfer module set {module_set!r} ({', '.join(target.flashinfer.module_sets[module_set])}): "
                          "not a release image; the rest compiles on first use")
-    elif flashinfer_modules:
-        raise UserError(f"--flashinfer-modules: target {target.name} has no FlashInfer modules", exit_code=2)
     labels = dict(target.image_labels())
     labels.update({"org.opencontainers.image.revision": provenance.revision,
                    "org.opencontainers.image.created": provenance.created,

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .. import inputs
+from .. import inputs, references
 from ..errors import UserError
 from . import archs, engine, env, image, kernel, runtime
 from .report import Report
@@ -24,13 +24,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also write the report as JSON to this file (checked writable before anything runs)")
     p.add_argument("--steps", help=f"comma-separated subset of {','.join(STEPS)} (default: all but image; with "
                                    "--image: env,engine,image)")
-    p.add_argument("--image", type=inputs.flag(inputs.word),
+    p.add_argument("--image", type=inputs.flag(image_reference),
                    help="a built image of the target: run the engine step and the image checks in its containers too "
                         "(no GPU, no network, an arbitrary UID) and require it to agree with the venv")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="an entrypoint override to check as 'your settings' (repeatable)")
     p.add_argument("--write-archs", action="store_true", help="accept the computed table into archs/<target>.txt")
     p.add_argument("args", nargs="*", help="after --: extra `vllm serve` arguments to check as 'your settings'")
+
+
+def image_reference(text: str) -> str:
+    """A local image: a reference Docker reads (name[:tag][@digest]) or an image ID (sha256:...)."""
+    if re.fullmatch(r"sha256:[0-9a-f]{64}", text):
+        return text
+    try:
+        references.parse(text)
+    except ValueError as exc:
+        raise ValueError(f"{inputs.shown(text)} is not an image reference: {exc}") from None
+    return text
 
 
 def parse_env(items: list[str]) -> dict:
@@ -120,7 +131,7 @@ def gencode_of(pt: ProveTarget) -> str:
 def main(target, args, emit=print) -> int:
     pt = from_target(target)
     default = "env,engine,image" if args.image else ",".join(s for s in STEPS if s != "image")
-    steps = [s.strip() for s in (args.steps or default).split(",") if s.strip()]
+    steps = [s.strip() for s in (default if args.steps is None else args.steps).split(",") if s.strip()]
     unknown = [s for s in steps if s not in STEPS]
     if unknown or not steps:
         raise UserError(f"--steps {(args.steps or '')[:80]!r}: expected a comma-separated subset of {', '.join(STEPS)}",

@@ -65,6 +65,8 @@ ACCEPTED = {  # (subcommand, flag) -> (hostile keys accepted, why)
     ("build", "--owner"): (VALID_NAME, "an owner of lowercase letters and digits is valid"),
     ("build", "--image"): (VALID_NAME, "a repository of lowercase letters and digits is valid"),
     ("build", "--tag"): (VALID_TAG, "a valid Docker tag"),
+    ("prove", "--image"): (VALID_NAME, "a local image named with lowercase letters and digits is valid (prove then "
+                                       "asks the daemon, after the venv steps)"),
     ("verify", "--json"): (WRITABLE_PATH, "any file path that can be written (relative ones under the working "
                                           "directory; Linux takes any byte but NUL and '/' in a name)"),
     ("verify", "--temperature"): ({"zero", "minus-zero"}, "0 is greedy sampling"),

@@ -201,12 +201,12 @@ def stub_printing(monkeypatch, emitted: list):
         return code
     monkeypatch.setattr(docker_client, "connect", lambda: None)
     monkeypatch.setattr(builder, "execute", lambda client, m, plan, emit: work(emit))
-    monkeypatch.setattr(base, "ensure_base", lambda client, target, emit, force_bootstrap=False: work(emit) or "base")
+    monkeypatch.setattr(base, "ensure_base", lambda client, target, emit, **kw: work(emit) or "base")
     monkeypatch.setattr(locks, "write_locks", lambda m, targets, progress: work(progress) or [])
     monkeypatch.setattr(locks, "write_dev_lock", lambda progress: work(progress))
     monkeypatch.setattr(render, "write", lambda m: (work(lambda _line: None), ["Dockerfile.cpu"] * 3)[1])
     monkeypatch.setattr(patches, "check_targets", lambda targets, progress: (work(progress), ["ok"])[1])
-    monkeypatch.setattr(repro, "main", lambda m, target, emit: work(emit, code=1))
+    monkeypatch.setattr(repro, "main", lambda m, target, emit, **kw: work(emit, code=1))
     monkeypatch.setattr(digests, "main", lambda m, emit: work(emit, code=1))
     monkeypatch.setattr(demo, "main", lambda args, emit, m: work(emit))
 

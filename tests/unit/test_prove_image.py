@@ -70,7 +70,8 @@ def test_the_preflight_is_shown_a_checkpoint_it_accepts(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--steps", "env,image"], "the image step needs --image IMAGE"),
     (["--image", "x:y", "--steps", "env,engine"], "--image needs the image step"),
-    (["--image", "bad image"], "expected a name without spaces"),
+    (["--image", "bad image"], "is not an image reference"),
+    (["--image", "-1"], "is not an image reference"),
 ])
 def test_prove_image_arguments_are_one_line(args, message):
     result = subprocess.run([sys.executable, str(REPO_ROOT / "build.py"), "prove", "--arch", "sm120", *args],
