@@ -110,11 +110,12 @@ def sass(req: dict) -> tuple[bool, str]:
 
 
 def patches(req: dict) -> tuple[bool, str]:
-    """Each patch of the series is applied in the installed vLLM: it reverses cleanly (dry run)."""
+    """Each patch of the series is applied in the installed vLLM: it reverses cleanly (dry run). --force, not
+    --batch: --batch takes a patch that is not applied for one that is reversed and applies it, exit 0."""
     site = next(p for p in sys.path if p.endswith("site-packages"))
     applied, refused = [], []
     for path in req["files"]["patches"]:
-        result = subprocess.run(["patch", "-p1", "-R", "--dry-run", "--batch", "-d", site, "-i", path],
+        result = subprocess.run(["patch", "-p1", "-R", "--dry-run", "--force", "-d", site, "-i", path],
                                 capture_output=True, text=True)
         (applied if result.returncode == 0 else refused).append(Path(path).name)
     return not refused, (f"not applied: {', '.join(refused)}" if refused else f"applied: {', '.join(applied)}")
