@@ -24,11 +24,10 @@ from pathlib import Path
 
 from docker.errors import APIError, ImageNotFound
 
-from . import oci_archive
+from . import REPO_ROOT, oci_archive
 from .checksums import sha256_file
 from .docker_client import said
 from .errors import UserError
-from . import REPO_ROOT
 from .matrix import Target
 from .provenance import rfc3339
 
@@ -126,6 +125,11 @@ def check_manifest(target: Target, got: list[str], update: bool, emit) -> None:
     except FileNotFoundError:
         raise UserError(f"{target.base.bootstrap.manifest} is missing: run `python build.py base --arch {target.name} "
                         "--update-manifest`") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{target.base.bootstrap.manifest}: cannot be read ({exc})") from None
+    malformed = next((line for line in pinned if "=" not in line.strip("=")), None)
+    if malformed is not None:
+        raise UserError(f"{target.base.bootstrap.manifest}: {malformed[:80]!r} is not a package=version line")
     difference = manifest_difference(pinned, got)
     if difference:
         raise UserError(f"base: Debian's archive gave a package set that differs from {target.base.bootstrap.manifest}: "

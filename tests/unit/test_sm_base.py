@@ -86,6 +86,20 @@ def test_a_base_whose_packages_moved_is_refused_naming_them(tmp_path, monkeypatc
     assert manifest.read_text() == "libc6=2.41-13\npython3.13=3.13.5-2\nzlib1g=1:1.3\n" and "3 packages" in lines[0]
 
 
+@pytest.mark.parametrize("text,message", [("libc6 2.41-12\n", "is not a package=version line"),
+                                          ("=\n", "is not a package=version line"),
+                                          (b"\xff\xfe", "cannot be read")])
+def test_a_malformed_manifest_is_one_line(tmp_path, monkeypatch, text, message):
+    manifest = tmp_path / "m.manifest"
+    manifest.write_bytes(text if isinstance(text, bytes) else text.encode())
+    target = SM120.model_copy(update={"base": SM120.base.model_copy(update={
+        "bootstrap": SM120.base.bootstrap.model_copy(update={"manifest": str(manifest)})})})
+    monkeypatch.setattr(base, "REPO_ROOT", Path("/"))
+    with pytest.raises(UserError, match=message) as exc:
+        base.check_manifest(target, ["libc6=2.41-12"], update=False, emit=print)
+    assert "\n" not in str(exc.value)
+
+
 def test_many_differences_are_still_one_line():
     pinned = [f"p{i}=1" for i in range(30)]
     line = base.manifest_difference(pinned, [f"p{i}=2" for i in range(30)])
