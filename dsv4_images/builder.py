@@ -3,6 +3,7 @@ then (as the plan says) the reproducible rewrite and the push."""
 
 from __future__ import annotations
 
+import os
 import time
 
 from docker.errors import APIError, DockerException
@@ -35,7 +36,10 @@ def execute(client, matrix: Matrix, plan: BuildPlan, emit=print) -> buildkit.Bui
         sdist = fetch_sdist(target, progress=emit)
         extra[sdist.name] = sdist
         extra.update(externals.fetch_all(target, progress=emit))
-    with wheelhouse.LoopbackIndex(files, extra) as index:
+    # On the default port another build of ours may be serving its index (./dev test builds the cpu and sm120
+    # images side by side): wait for it rather than fail; an explicit DSV4_WHEEL_SERVER_PORT fails at once.
+    wait = 0 if os.environ.get("DSV4_WHEEL_SERVER_PORT") else 3 * 3600
+    with wheelhouse.LoopbackIndex(files, extra, wait_s=wait, emit=emit) as index:
         args["PIP_INDEX_URL"] = f"{index.url}/simple"
         if extra:
             args["VLLM_SDIST_URL"] = f"{index.url}/files/{sdist.name}"

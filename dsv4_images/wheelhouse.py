@@ -8,10 +8,12 @@ runs (the build uses host networking). pip in the build verifies the hashes agai
 
 from __future__ import annotations
 
+import errno
 import html
 import os
 import re
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -141,7 +143,11 @@ class LoopbackIndex:
     Extra files (the vLLM sdist, the compile's external archives) are served under /files/<their key> too.
     """
 
-    def __init__(self, files: list[LockedFile], extra: dict[str, Path] | None = None, port: int | None = None):
+    def __init__(self, files: list[LockedFile], extra: dict[str, Path] | None = None, port: int | None = None,
+                 wait_s: float = 0, emit=None):
+        """`wait_s`: how long to wait for the port when another build's index holds it (builder.py waits on
+        the default port: the index URL is a build argument, so a fixed one keeps the layer cache's keys)."""
+        self.wait_s, self.emit = wait_s, emit
         self.by_project: dict[str, list[LockedFile]] = {}
         self.paths: dict[str, Path] = dict(extra or {})
         for f in files:
@@ -190,11 +196,20 @@ class LoopbackIndex:
                 self.end_headers()
                 self.wfile.write(body)
 
-        try:
-            self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        except OSError as exc:
-            raise UserError(f"cannot serve the build's package index on 127.0.0.1:{self.port} ({exc.strerror}); "
-                            "set DSV4_WHEEL_SERVER_PORT to a free port") from None
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            try:
+                self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+                break
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
+                    raise UserError(f"cannot serve the build's package index on 127.0.0.1:{self.port} ({exc.strerror}); "
+                                    "set DSV4_WHEEL_SERVER_PORT to a free port") from None
+                if self.emit:
+                    self.emit(f"packages: 127.0.0.1:{self.port} is taken, most likely by another build's index; "
+                              "waiting for it (one build at a time)")
+                    self.emit = None  # said once
+                time.sleep(5)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self

@@ -1,6 +1,7 @@
 import hashlib
 import re
 import threading
+import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -144,3 +145,14 @@ def test_the_simple_index_is_read_as_html_when_the_index_offers_no_json(tmp_path
         assert wheelhouse.select_file(req, files, [Tag("py3", "none", "any")]).url == files[0].url
         with pytest.raises(UserError, match=r"cannot read the package index for bar at .*: .*bar"):
             wheelhouse._simple_index("bar")
+
+
+def test_a_build_waits_for_another_build_s_index_on_its_port():
+    """Two builds side by side (./dev test's two runs): the second waits for the port instead of failing."""
+    said = []
+    first = wheelhouse.LoopbackIndex([], {}, port=38096).__enter__()
+    threading.Timer(1.0, lambda: first.__exit__(None, None, None)).start()
+    started = time.monotonic()
+    with wheelhouse.LoopbackIndex([], {}, port=38096, wait_s=60, emit=said.append) as second:
+        assert second.port == 38096
+    assert time.monotonic() - started >= 0.9 and len(said) == 1 and "waiting for it" in said[0]
