@@ -155,8 +155,12 @@ class FlashInfer(_Table):
     # `dsv4-serve --version` name the set, so such an image is never taken for a release.
     module_sets: dict[ModuleName, Annotated[tuple[ModuleName, ...], Field(strict=False, min_length=1)]] = {}
 
+    def set_definitions(self) -> list[str]:
+        """Each named set as flashinfer_aot.py's --set takes it: NAME=module,module."""
+        return [f"{name}={','.join(members)}" for name, members in sorted(self.module_sets.items())]
+
     def set_arguments(self) -> list[str]:
-        return [f"--set {name}={','.join(members)}" for name, members in sorted(self.module_sets.items())]
+        return [f"--set {definition}" for definition in self.set_definitions()]
 
     @property
     def aot_script(self) -> str:

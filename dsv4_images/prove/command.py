@@ -112,7 +112,7 @@ def steps_in(report: Report, pt: ProveTarget, steps: list[str], work: Path, emit
 def in_image(report: Report, pt: ProveTarget, target, image_ref: str, work: Path, venv_results: dict | None,
              user_env, user_args) -> None:
     """The built image, in containers: the entrypoint, the image checks, and the engine step compared."""
-    environment = env.ensure(pt)
+    environment = env.ensure(pt)  # the env step's, from its cache: the pristine files the worker compares with
     image_env, mounts = image.prepare(environment, image_ref, pt, work)
     image.entrypoint(report, image_ref, pt, mounts)
     image.image_checks(report, image_ref, pt, target, mounts)

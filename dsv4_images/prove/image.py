@@ -125,7 +125,7 @@ def image_checks(report: Report, image: str, pt: ProveTarget, target, mounts: Mo
                "compute_capabilities": list(target.compute_capabilities),
                "sass_required": list(target.vllm.sass.required),
                "flashinfer_modules": [[m.name, m.generator] for m in target.flashinfer.modules],
-               "flashinfer_sets": [a.split(" ", 1)[1] for a in target.flashinfer.set_arguments()], "only": only}
+               "flashinfer_sets": target.flashinfer.set_definitions(), "only": only}
     work = mounts.host["work"]
     req, res = work / "image-checks.json", work / "image-checks.result.json"
     req.write_text(json.dumps(request))
