@@ -17,6 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dsv4_images import REPO_ROOT  # noqa: E402
 
+pytest_plugins = ["tests.support.timeline"]
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REPORT: dict = {}
 

@@ -1,0 +1,25 @@
+"""The test timeline `./dev test` prints: written phase by phase, so a run stopped from outside still has it."""
+
+import os
+import subprocess
+import sys
+
+from dsv4_images import REPO_ROOT
+
+
+def test_a_slow_phase_and_a_failure_are_written_as_they_end_and_quick_passes_are_not(tmp_path):
+    tests = tmp_path / "test_sample.py"
+    tests.write_text("import time\n\n"
+                     "def test_quick():\n    pass\n\n"
+                     "def test_fails():\n    assert False\n\n"
+                     "def test_slow(monkeypatch, tmp_path):\n    monkeypatch.chdir(tmp_path)\n    time.sleep(0.3)\n")
+    timeline = tmp_path / "timeline.txt"  # relative to the run's first directory: the slow test leaves it
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.support.timeline",
+                             "-o", "addopts=", "--rootdir", str(tmp_path), "--basetemp", str(tmp_path / "bt"), str(tests)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "DSV4_TEST_TIMELINE": timeline.name, "DSV4_TEST_TIMELINE_MIN_S": "0.2",
+                                 "PYTHONPATH": str(REPO_ROOT)})
+    assert result.returncode == 1, result.stdout[-2000:]
+    lines = [line for line in timeline.read_text().splitlines() if line.split()[-3] == "call"]  # a slow setup may add one
+    assert [line.split()[-3:] for line in lines] == [["call", "failed", f"{tests.name}::test_fails"],
+                                                     ["call", "passed", f"{tests.name}::test_slow"]], lines
