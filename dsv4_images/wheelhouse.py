@@ -14,6 +14,7 @@ import os
 import re
 import threading
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,8 +30,18 @@ from . import download as downloads
 from .errors import UserError
 
 PYPI_SIMPLE = os.environ.get("DSV4_PYPI_SIMPLE_URL", "https://pypi.org/simple")
-DEFAULT_SERVER_PORT = 38071  # $DSV4_WHEEL_SERVER_PORT overrides it (checked by the CLI before a build)
+# The loopback index listens on this port plus the target's offset (default_port); $DSV4_WHEEL_SERVER_PORT
+# replaces the result (checked by the CLI before a build).
+DEFAULT_SERVER_PORT = 38071
 LEGACY_MANYLINUX = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
+
+
+def default_port(target: str | None = None) -> int:
+    """The loopback index's port for a target's build. The index URL is a build argument (in the layer cache's
+    keys and the image's history), so each target keeps one port for good; a port per target lets builds of
+    different targets run side by side (./dev test builds the cpu and sm120 images at once) instead of one
+    waiting the other's whole build out for the port. Two targets that land on one port only wait."""
+    return DEFAULT_SERVER_PORT + (zlib.crc32(target.encode()) % 1000 if target else 0)
 
 
 @dataclass(frozen=True)
@@ -144,16 +155,16 @@ class LoopbackIndex:
     """
 
     def __init__(self, files: list[LockedFile], extra: dict[str, Path] | None = None, port: int | None = None,
-                 wait_s: float = 0, emit=None):
+                 wait_s: float = 0, emit=None, target: str | None = None):
         """`wait_s`: how long to wait for the port when another build's index holds it (builder.py waits on
-        the default port: the index URL is a build argument, so a fixed one keeps the layer cache's keys)."""
+        its target's default port, see default_port). $DSV4_WHEEL_SERVER_PORT replaces the default."""
         self.wait_s, self.emit = wait_s, emit
         self.by_project: dict[str, list[LockedFile]] = {}
         self.paths: dict[str, Path] = dict(extra or {})
         for f in files:
             self.by_project.setdefault(f.project, []).append(f)
             self.paths[f.filename] = f.path
-        self.port = port or int(os.environ.get("DSV4_WHEEL_SERVER_PORT", DEFAULT_SERVER_PORT))
+        self.port = port or int(os.environ.get("DSV4_WHEEL_SERVER_PORT") or default_port(target))
         self._server: ThreadingHTTPServer | None = None
 
     @property
@@ -207,7 +218,7 @@ class LoopbackIndex:
                                     "set DSV4_WHEEL_SERVER_PORT to a free port") from None
                 if self.emit:
                     self.emit(f"packages: 127.0.0.1:{self.port} is taken, most likely by another build's index; "
-                              "waiting for it (one build at a time)")
+                              "waiting for it (one build of a target at a time)")
                     self.emit = None  # said once
                 time.sleep(5)
         self._server.daemon_threads = True

@@ -148,7 +148,7 @@ def test_the_simple_index_is_read_as_html_when_the_index_offers_no_json(tmp_path
 
 
 def test_a_build_waits_for_another_build_s_index_on_its_port():
-    """Two builds side by side (./dev test's two runs): the second waits for the port instead of failing."""
+    """Two builds of one target side by side: the second waits for the port instead of failing."""
     said = []
     first = wheelhouse.LoopbackIndex([], {}, port=38096).__enter__()
     threading.Timer(1.0, lambda: first.__exit__(None, None, None)).start()
@@ -156,3 +156,17 @@ def test_a_build_waits_for_another_build_s_index_on_its_port():
     with wheelhouse.LoopbackIndex([], {}, port=38096, wait_s=60, emit=said.append) as second:
         assert second.port == 38096
     assert time.monotonic() - started >= 0.9 and len(said) == 1 and "waiting for it" in said[0]
+
+
+def test_each_target_builds_behind_its_own_port_so_targets_do_not_wait_for_each_other(monkeypatch):
+    """./dev test builds the cpu and sm120 images at once: on one port, a cpu rebuild (check, push) waited the
+    whole sm120 build out. The port is in the image's history, so it is fixed per target, not picked free."""
+    from dsv4_images import matrix
+    ports = {name: wheelhouse.default_port(name) for name in matrix.load().targets}
+    assert len(set(ports.values())) == len(ports), ports
+    # Pinned: a port that moved would change every image's history, and a per-process hash would move it.
+    assert ports == {"cpu": 38381, "sm100": 38131, "sm120": 39029}
+    monkeypatch.delenv("DSV4_WHEEL_SERVER_PORT", raising=False)
+    assert wheelhouse.LoopbackIndex([], target="cpu").port == ports["cpu"]
+    monkeypatch.setenv("DSV4_WHEEL_SERVER_PORT", "38200")
+    assert wheelhouse.LoopbackIndex([], target="cpu").port == 38200
