@@ -1,8 +1,9 @@
 """Base images without a registry: the project makes its own.
 
 `ensure_base` returns the reference a build should use for the target's runtime base:
-1. for a target that names an upstream base (cpu: debian:bookworm-slim), the pinned `name@sha256:`
-   reference, if the daemon already has it or can pull it;
+1. for a target that names an upstream base by digest (none does today; the cpu target named
+   debian:bookworm-slim until its packages were pinned too), that `name@sha256:` reference, if the
+   daemon already has it or can pull it;
 2. otherwise a Debian image made here from Debian's archive with mmdebstrap (a dated snapshot of the
    archive when it answers, the live mirror otherwise; apt checks the archive's signatures against
    Debian's keyring), loaded as a docker-archive whose config is fixed by the bootstrap's own

@@ -42,6 +42,9 @@ def current_digest(repository: str, tag: str, timeout: float = 20) -> str:
 
 def main(matrix: Matrix, emit=print) -> int:
     refs = sorted({ref for t in matrix.targets.values() for ref in (t.base.build, t.base.runtime) if ref})
+    if not refs:
+        emit("resolve-digests: no target names an upstream base (every base is bootstrapped by build.py base)")
+        return 0
     changed = 0
     for ref in refs:
         repository, tag, pinned = split(ref)

@@ -85,8 +85,9 @@ def test_matrix_json_is_what_the_workflow_reads():
 @pytest.mark.parametrize("old,new,key", [
     ("tensor_parallel_size = 4", 'tensor_parallel_size = "four"', "targets.sm100.serve.tensor_parallel_size"),
     ("num_speculative_tokens = 2", "num_speculative_tokens = -1", "targets.sm100.serve.num_speculative_tokens"),
-    ('build = "debian:bookworm-slim@sha256:', 'build = "debian:bookworm-slim#sha256:', "targets.cpu.base.build"),
-    ('build = "debian:bookworm-slim@sha256:3783cc01769c7b2b1b83a5c5ad96c815348e28ed7da68e2e3687004faa906251"\n', "",
+    ("[targets.cpu.base]\n", '[targets.cpu.base]\nbuild = "debian:bookworm-slim#sha256:' + "a" * 64 + '"\nruntime = "x"\n',
+     "targets.cpu.base.build"),
+    ("[targets.cpu.base]\n", '[targets.cpu.base]\nbuild = "debian:bookworm-slim@sha256:' + "a" * 64 + '"\n',
      "targets.cpu.base: build and runtime are both digests or both absent"),
     ('variant = "minbase", include = ["ca-certificates"], source_date_epoch = 1764547200',
      'variant = "minbase", include = ["ca-certificates"], source_date_epoch = -1', "targets.sm100.base.bootstrap.source_date_epoch"),
