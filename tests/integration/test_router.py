@@ -55,6 +55,18 @@ class Stack:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def diagnosis(self) -> str:
+        """Why the stack did not come up: each replica's state (health log, OOM kill, restarts) and log tail."""
+        parts = []
+        for name in REPLICAS:
+            ids = self.compose("ps", "-q", name).stdout.split()
+            for cid in ids:
+                state = subprocess.run(["docker", "inspect", "--format", "{{json .State}} restarts={{.RestartCount}}", cid],
+                                       capture_output=True, text=True).stdout.strip()
+                logs = subprocess.run(["docker", "logs", "--tail", "15", cid], capture_output=True, text=True)
+                parts.append(f"--- {name} {cid[:12]}: {state[-2500:]}\n{(logs.stdout + logs.stderr)[-2500:]}")
+        return "\n".join(parts)
+
     def replica_url(self, name: str) -> str:
         out = self.compose("port", name, "8000").stdout.strip()
         return f"http://127.0.0.1:{out.rsplit(':', 1)[1]}"
@@ -105,11 +117,11 @@ def stack(cpu_image, tmp_path_factory, report):
     started = time.monotonic()
     up = s.compose("up", "-d")
     try:
-        assert up.returncode == 0, up.stderr[-3000:]
+        assert up.returncode == 0, up.stderr[-1500:] + "\n" + s.diagnosis()
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline and not _ready(s.url):
             time.sleep(2)
-        assert _ready(s.url), s.compose("logs", "--tail", "20").stdout[-3000:]
+        assert _ready(s.url), s.compose("logs", "--tail", "20").stdout[-3000:] + "\n" + s.diagnosis()
         report["router"] = {"up_to_router_ready_s": round(time.monotonic() - started, 1)}
         yield s
     finally:
