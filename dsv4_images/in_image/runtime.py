@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -100,10 +102,10 @@ def api_key(env: dict, command: list[str]) -> str | None:
 
 def shm_mib(path: str = "/dev/shm") -> int | None:
     try:
-        stat = os.statvfs(path)
+        fs = os.statvfs(path)
     except OSError:
         return None
-    return stat.f_blocks * stat.f_frsize // (1 << 20)
+    return fs.f_blocks * fs.f_frsize // (1 << 20)
 
 
 def check_shm(minimum_mib: int | None, env: dict, measured: int | None = None) -> str | None:
@@ -122,18 +124,31 @@ def check_shm(minimum_mib: int | None, env: dict, measured: int | None = None) -
 # ---- caches -------------------------------------------------------------------------------------
 
 def _writable(path: Path) -> bool:
+    """Create and remove a file of a name no one else uses. Replicas share the cache volume and their
+    entrypoints can have one PID (each in its own PID namespace), so a name made from the PID let one
+    replica remove the other's probe and call a writable volume not writable."""
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".dsv4-write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-        return True
+        fd, probe = tempfile.mkstemp(prefix=".dsv4-write-test-", dir=path)
     except OSError:
         return False
+    os.close(fd)
+    Path(probe).unlink(missing_ok=True)
+    return True
 
 
 def _size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+    """Bytes under `path`, while a sibling replica's compilers may be writing and renaming files in it."""
+    total = 0
+    for root, _dirs, names in os.walk(path):
+        for name in names:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:  # renamed or removed since the listing
+                continue
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total
 
 
 def cache_root(env: dict) -> Path:
@@ -237,7 +252,9 @@ def probe(info: dict, ready: bool) -> bool:
     base = f"http://127.0.0.1:{info['port']}"
     if not ready:
         return _get(f"{base}/health", None) is not None
-    models = _get(f"{base}/v1/models", info.get("api_key"))
+    # --ready runs under a 60 s probe timeout (Compose, Kubernetes): a server slowed by a loaded host
+    # (a 2-core CI machine compiling beside it) is given time to answer rather than called not ready.
+    models = _get(f"{base}/v1/models", info.get("api_key"), timeout=15)
     ids = [m.get("id") for m in (models or {}).get("data", []) if isinstance(m, dict)]
     if info["model"] not in ids:
         return False

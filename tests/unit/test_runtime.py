@@ -5,12 +5,15 @@ image, and probes that ask the port the server really uses."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from dsv4_images import matrix
+from dsv4_images import REPO_ROOT, matrix
 from dsv4_images.in_image import entrypoint as ep
 from dsv4_images.in_image import runtime
 
@@ -88,6 +91,50 @@ def test_an_unwritable_cache_is_one_line(tmp_path, monkeypatch):
     assert "--user" in str(exc.value) and "\n" not in str(exc.value)
 
 
+_SAME_PID_REPLICA = """
+import os, sys
+from pathlib import Path
+os.getpid = lambda: 7  # every container's entrypoint can have the same PID in its own namespace
+from dsv4_images.in_image import runtime
+sys.exit(0 if all(runtime._writable(Path(sys.argv[1])) for _ in range(3000)) else 1)
+"""
+
+
+def test_replicas_sharing_a_cache_volume_do_not_trip_over_each_others_write_probe(tmp_path):
+    """Two replicas of one image started together on one volume (deploy/compose's cpu stack) probed
+    `.cache` with a file named after their PID, the same in both containers' PID namespaces: one removed
+    the other's probe and called a writable volume not writable. Two processes with one PID probe 3,000
+    times each, side by side: every probe must say writable."""
+    shared = tmp_path / ".cache"
+    replicas = [subprocess.Popen([sys.executable, "-c", _SAME_PID_REPLICA, str(shared)], cwd=REPO_ROOT)
+                for _ in range(2)]
+    assert [p.wait(timeout=300) for p in replicas] == [0, 0]
+    assert not list(shared.iterdir())  # no probe file left behind
+
+
+def test_a_cache_path_that_cannot_be_a_directory_is_not_writable(tmp_path):
+    """Unstubbed (root writes anywhere, so a file in the way stands in for a read-only mount)."""
+    (tmp_path / "file").write_text("")
+    assert runtime._writable(tmp_path / "file" / ".cache") is False
+    assert runtime._writable(tmp_path / "ok" / ".cache") is True
+
+
+def test_the_warm_cache_size_ignores_files_a_sibling_replica_renames_meanwhile(tmp_path, monkeypatch):
+    """A warm start sums the shared cache while another replica's compilers write temp files and rename
+    them: a file gone between the listing and its stat is skipped, not a crash of the entrypoint."""
+    (tmp_path / "a").write_bytes(b"x" * 10)
+    (tmp_path / "gone.tmp").write_bytes(b"x" * 99)
+    real = runtime.os.lstat
+
+    def lstat(path, *a, **k):
+        if str(path).endswith("gone.tmp"):
+            raise FileNotFoundError(path)
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(runtime.os, "lstat", lstat)
+    assert runtime._size(tmp_path) == 10
+
+
 class _Fake(BaseHTTPRequestHandler):
     models = ["tiny-mtp"]
 
@@ -136,3 +183,26 @@ def test_probes_ask_the_port_and_key_the_server_was_started_with(server, tmp_pat
     assert not runtime.probe({**info, "api_key": None}, ready=True)  # the model list needs the key
     assert not runtime.probe({**info, "model": "other"}, ready=True)
     assert not runtime.probe({**info, "port": 9}, ready=False)
+
+
+class _Slow(_Fake):
+    delay = 6.0  # over the 5 s a --healthcheck allows, well under the 60 s probe timeout of --ready
+
+    def do_GET(self):
+        time.sleep(self.delay)
+        super().do_GET()
+
+
+def test_a_ready_probe_waits_for_a_slow_model_list_a_health_probe_does_not():
+    """A busy host (CI compiling beside two replicas) slows the model list: --ready must not call that
+    server unready, while --healthcheck stays inside the image HEALTHCHECK's 6 s timeout."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        info = {"port": httpd.server_port, "model": "tiny-mtp", "api_key": SECRET}
+        assert runtime.probe(info, ready=True)
+        started = time.monotonic()
+        assert not runtime.probe(info, ready=False)
+        assert time.monotonic() - started < 6
+    finally:
+        httpd.shutdown()
