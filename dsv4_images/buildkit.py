@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import tarfile
 from collections import deque
 from dataclasses import dataclass, field
@@ -70,6 +71,9 @@ class Vertex:
     logs: deque = field(default_factory=lambda: deque(maxlen=30))
 
 
+STAGE_STEP = re.compile(r"^\[([A-Za-z0-9_.-]+) \d+/\d+\] ")
+
+
 class Progress:
     """Turns trace messages into plain progress lines (`#3 [runtime-deps 2/5] RUN ...`)."""
 
@@ -116,6 +120,29 @@ class Progress:
                 v.logs.append(line)
                 self.emit(f"#{v.number} {line}")
 
+    def stage_seconds(self) -> dict[str, dict]:
+        """Per Dockerfile stage: wall seconds from its first step's start to its last step's end, and its
+        steps (cached ones too). A step outside the stages ("exporting to image", "[internal] ...") counts
+        under its own name when it took a second or more: the export of a 10 GB image is minutes."""
+        out: dict[str, dict] = {}
+        for v in self.vertexes.values():
+            m = STAGE_STEP.match(v.name)
+            timed = v.started is not None and v.completed is not None
+            if m:
+                key = m.group(1)
+            elif timed and v.completed - v.started >= 1:
+                key = v.name
+            else:
+                continue
+            s = out.setdefault(key, {"steps": 0, "cached": 0, "start": None, "end": None})
+            s["steps"] += 1
+            s["cached"] += v.cached
+            if timed and not v.cached:
+                s["start"] = v.started if s["start"] is None else min(s["start"], v.started)
+                s["end"] = v.completed if s["end"] is None else max(s["end"], v.completed)
+        return {name: {"seconds": round(s["end"] - s["start"], 1) if s["start"] is not None else 0.0,
+                       "steps": s["steps"], "cached": s["cached"]} for name, s in out.items()}
+
     def failure_context(self) -> list[str]:
         """The failed step's name and its last log lines, for the error summary."""
         failed = [v for v in self.vertexes.values() if v.error]
@@ -145,6 +172,11 @@ class BuildResult:
     image_id: str
     steps: int
     cached_steps: int
+    stages: dict[str, dict] = field(default_factory=dict)  # Progress.stage_seconds()
+    # Filled in by builder.execute after the build: the SBOM written, and each pushed reference's manifest digest.
+    sbom: Path | None = None
+    pushed: dict[str, str] = field(default_factory=dict)
+    normalized: object | None = None  # the reproducible rewrite (reproducible.NormalizedImage), per-file index if asked
 
 
 def build(client, context: bytes, dockerfile: str, tags: list[str], build_args: dict[str, str],
@@ -182,4 +214,7 @@ def build(client, context: bytes, dockerfile: str, tags: list[str], build_args: 
         raise UserError(f"build failed: {' '.join((error or 'no image produced').split())}")
     steps = len(progress.vertexes)
     cached = sum(1 for v in progress.vertexes.values() if v.cached)
-    return BuildResult(image_id=image_id, steps=steps, cached_steps=cached)
+    stages = progress.stage_seconds()
+    for name, s in stages.items():
+        emit(f"stage {name}: {s['seconds']:.1f} s ({s['steps']} steps, {s['cached']} cached)")
+    return BuildResult(image_id=image_id, steps=steps, cached_steps=cached, stages=stages)

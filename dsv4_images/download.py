@@ -7,6 +7,7 @@ A mismatch is an error and the bytes are never kept."""
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -34,9 +35,15 @@ def verified(url: str, sha256: str, path: Path, *, recheck: bool = False, timeou
             while chunk := response.read(CHUNK):
                 digest.update(chunk)
                 out.write(chunk)
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         partial.unlink(missing_ok=True)
-        raise UserError(f"download of {url} failed: {getattr(exc, 'reason', exc)}") from None
+        if isinstance(exc, urllib.error.HTTPError):
+            why = f"HTTP {exc.code} {exc.reason}"
+        elif isinstance(exc, http.client.HTTPException):  # not an HTTP answer: a bad status line, a cut header
+            why = f"the answer is not HTTP ({type(exc).__name__}: {' '.join(str(exc).split())[:80]})"
+        else:
+            why = getattr(exc, "reason", exc)
+        raise UserError(f"download of {url} failed: {why}") from None
     if digest.hexdigest() != sha256:
         partial.unlink(missing_ok=True)
         raise UserError(f"checksum mismatch for {path.name}: expected sha256 {sha256}, got {digest.hexdigest()}")

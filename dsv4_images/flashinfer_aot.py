@@ -184,6 +184,42 @@ def architectures(arch_list: str) -> list[str]:
     return [f"sm{a.replace('.', '')}" for a in arch_list.split()]
 
 
+def ninja_summary(log: str, root: str = "") -> dict[str, tuple[int, float]]:
+    """Per module (an output's first path component under `root`, the directory ninja ran in): how many
+    outputs ninja built and their summed compile seconds, from a .ninja_log (v5: start ms, end ms, mtime,
+    output, hash). FlashInfer's build.ninja names outputs by absolute path, hence `root`. The log keeps each
+    output's last build, so after an interrupted build it still holds what the earlier run finished: that is
+    what a resumed build skips."""
+    prefix = root.rstrip("/") + "/" if root else ""
+    out: dict[str, tuple[int, float]] = {}
+    for line in log.splitlines():
+        parts = line.split("\t")
+        if (len(parts) != 5 or not parts[0].isdigit() or not parts[1].isdigit() or not parts[3]
+                or int(parts[1]) < int(parts[0])):
+            continue  # the "# ninja log v5" header, a line cut short by a kill, or one that makes no sense
+        path = parts[3][len(prefix):] if prefix and parts[3].startswith(prefix) else parts[3]
+        module = path.lstrip("/").split("/", 1)[0]
+        count, seconds = out.get(module, (0, 0.0))
+        out[module] = (count + 1, seconds + (int(parts[1]) - int(parts[0])) / 1000)
+    return out
+
+
+def report_ninja_log(jit_dir: Path, progress=print, before: bool = False) -> None:
+    """Per module, what ninja's log holds: before the build, what an earlier (perhaps interrupted) build
+    left in the cache mount for this one to skip; after it, everything built."""
+    try:
+        summary = ninja_summary((jit_dir / ".ninja_log").read_text(errors="replace"), str(jit_dir))
+    except OSError:
+        summary = {}
+    if before and not summary:
+        progress("aot: the ninja cache holds nothing yet: every output is compiled")
+    for module, (count, seconds) in sorted(summary.items()):
+        if before:
+            progress(f"aot: cache: module {module}: {count} outputs from an earlier build, {seconds:.0f} s of compile")
+        else:
+            progress(f"aot: module {module}: {count} outputs, {seconds:.0f} s of compile (summed over jobs)")
+
+
 def build(modules: list[tuple[str, str]], arch_list: str, provider: str, build_dir: Path, wheel_dir: Path,
           job_gib: int, progress=print) -> Path:
     os.environ["FLASHINFER_CUDA_ARCH_LIST"] = arch_list  # read when FlashInfer is imported
@@ -198,11 +234,14 @@ def build(modules: list[tuple[str, str]], arch_list: str, provider: str, build_d
     specs = [make_spec(name, generator) for name, generator in modules]
     progress(f"aot: building {len(specs)} FlashInfer {version} modules for {arch_list} with MAX_JOBS="
              f"{os.environ['MAX_JOBS']}: {', '.join(s.name for s in specs)}")
+    report_ninja_log(jit_env.FLASHINFER_JIT_DIR, progress, before=True)
     started = time.monotonic()
     try:
         build_jit_specs(specs, verbose=True, skip_prebuilt=False)
     except RuntimeError as exc:  # ninja's own output is above
+        report_ninja_log(jit_env.FLASHINFER_JIT_DIR, progress)
         raise AotError(f"the build failed: {str(exc).splitlines()[0]}") from None
+    report_ninja_log(jit_env.FLASHINFER_JIT_DIR, progress)
     peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / (1 << 20)
     progress(f"aot: built in {time.monotonic() - started:.0f} s; largest compile process {peak_gib:.1f} GiB")
     built = {s.name: jit_env.FLASHINFER_JIT_DIR / s.name / f"{s.name}.so" for s in specs}

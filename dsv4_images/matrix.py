@@ -162,6 +162,10 @@ class FlashInfer(_Table):
     def set_arguments(self) -> list[str]:
         return [f"--set {definition}" for definition in self.set_definitions()]
 
+    def members(self, module_set: str) -> list[str]:
+        """The modules a set names: "full" is every module, in matrix order."""
+        return [m.name for m in self.modules] if module_set == "full" else list(self.module_sets[module_set])
+
     @property
     def aot_script(self) -> str:
         return FLASHINFER_AOT_SCRIPT

@@ -120,7 +120,8 @@ def test_a_build_reports_its_image_and_how_many_steps_were_cached():
         trace(vertex("sha256:b", completed=(4,))),
         {"id": "moby.image.id", "aux": {"ID": "sha256:" + "f" * 64}}])
     assert (result.image_id, result.steps, result.cached_steps) == ("sha256:" + "f" * 64, 2, 1)
-    assert lines[-1] == "#2 DONE 3.0s"
+    assert lines[-2:] == ["#2 DONE 3.0s", "stage image: 3.0 s (2 steps, 1 cached)"]
+    assert result.stages == {"image": {"seconds": 3.0, "steps": 2, "cached": 1}}
     assert (params["version"], params["target"], params["networkmode"], params["nocache"]) == ("2", "image", "host", "1")
 
 
@@ -140,3 +141,17 @@ def test_a_stream_that_ends_without_an_image_or_a_refused_build_is_an_error():
         run_build([trace(vertex("sha256:a", "[x 1/1] RUN true", started=(1,), completed=(2,)))])
     with pytest.raises(UserError, match="^the Docker daemon refused the build: BuildKit is not enabled$"):
         run_build([], refuse=True)
+
+
+def test_stage_seconds_span_each_stages_first_start_to_last_end_and_name_long_steps_outside_stages():
+    p = buildkit.Progress(lambda line: None)
+    p.feed(vertex("sha256:a", "[flashinfer-aot 1/2] RUN a", started=(10,), completed=(70,)) +
+           vertex("sha256:b", "[flashinfer-aot 2/2] RUN b", started=(60,), completed=(100,)) +
+           vertex("sha256:c", "[runtime-base 1/1] FROM x", cached=True, started=(1,), completed=(1,)) +
+           vertex("sha256:d", "exporting to image", started=(100,), completed=(130,)) +
+           vertex("sha256:e", "[internal] load build context", started=(0,), completed=(2,)) +
+           vertex("sha256:f", "[internal] load .dockerignore", started=(0,), completed=(0, 5000)))
+    assert p.stage_seconds() == {"flashinfer-aot": {"seconds": 90.0, "steps": 2, "cached": 0},
+                                 "runtime-base": {"seconds": 0.0, "steps": 1, "cached": 1},
+                                 "exporting to image": {"seconds": 30.0, "steps": 1, "cached": 0},
+                                 "[internal] load build context": {"seconds": 2.0, "steps": 1, "cached": 0}}

@@ -277,3 +277,48 @@ def test_providers_json_matches_the_modules(installed_wheel):
         names = set(zf.namelist())
     assert providers[0]["modules"] == ["sampling", "sparse_mla_sm120"]
     assert {f"flashinfer_jit_cache/sm120/{m}/{m}.so" for m in providers[0]["modules"]} <= names
+
+
+def test_the_ninja_log_gives_outputs_and_compile_seconds_per_module():
+    """What the build prints per module, and what an interrupted build had finished (the log keeps it)."""
+    log = ("# ninja log v5\n"
+           "0\t142000\t1764547200\tsampling/sampling.cuda.o\tabc\n"
+           "10\t2010\t1764547200\tsampling/sampling.so\tdef\n"
+           "0\t600500\t1764547200\tfused_moe_trtllm_sm100/a.cuda.o\tghi\n"
+           "9\t5\t1764547200\tsampling/x.o\tjkl\n"  # ends before it starts: a damaged log
+           "1\t2\t1764547200\t\tmno\n"  # no output named
+           "5\t9")  # cut short by a kill
+    assert aot.ninja_summary(log) == {"sampling": (2, 144.0), "fused_moe_trtllm_sm100": (1, 600.5)}
+    lines = []
+    aot.report_ninja_log(Path("/nonexistent"), lines.append)
+    assert lines == []
+
+
+def test_before_a_build_the_summary_says_what_the_cache_mount_already_holds(tmp_path):
+    lines = []
+    aot.report_ninja_log(tmp_path, lines.append, before=True)
+    assert lines == ["aot: the ninja cache holds nothing yet: every output is compiled"]
+    (tmp_path / ".ninja_log").write_text("# ninja log v5\n0\t142000\t1764547200\tsampling/sampling.cuda.o\tabc\n")
+    lines.clear()
+    aot.report_ninja_log(tmp_path, lines.append, before=True)
+    assert lines == ["aot: cache: module sampling: 1 outputs from an earlier build, 142 s of compile"]
+    (tmp_path / ".ninja_log").write_text("# ninja log v5\n9\t5\t1\tsampling/x.o\th\n")  # nothing usable in it
+    lines.clear()
+    aot.report_ninja_log(tmp_path, lines.append, before=True)
+    assert lines == ["aot: the ninja cache holds nothing yet: every output is compiled"]
+
+
+def test_outputs_named_by_absolute_path_count_for_their_module_under_the_ninja_directory(tmp_path):
+    """FlashInfer's build.ninja names outputs by absolute path (seen in the sm120 full build: the first
+    summary lumped 17 outputs under an empty module name)."""
+    root = "/root/.cache/flashinfer-aot/.cache/flashinfer/0.7.2.post1/120f/cached_ops"
+    log = ("# ninja log v5\n"
+           f"0\t60000\t1\t{root}/sparse_mla_sm120/a.cuda.o\th\n"
+           f"0\t300000\t1\t{root}/fused_moe_120/b.cuda.o\th\n"
+           f"5\t600005\t1\t{root}/fused_moe_120/c.cuda.o\th\n")
+    assert aot.ninja_summary(log, root + "/") == {"sparse_mla_sm120": (1, 60.0), "fused_moe_120": (2, 900.0)}
+    (tmp_path / ".ninja_log").write_text(log.replace(root, str(tmp_path)))
+    lines = []
+    aot.report_ninja_log(tmp_path, lines.append)
+    assert lines == ["aot: module fused_moe_120: 2 outputs, 900 s of compile (summed over jobs)",
+                     "aot: module sparse_mla_sm120: 1 outputs, 60 s of compile (summed over jobs)"]
