@@ -1,5 +1,5 @@
 """Carry out a build plan: the base, the locked packages on a loopback index, the BuildKit build,
-then (as the plan says) the reproducible rewrite and the push."""
+then (as the plan says) the reproducible rewrite, the SBOM (a mismatch with the locks fails here) and the push."""
 
 from __future__ import annotations
 
@@ -8,21 +8,27 @@ import time
 
 from docker.errors import APIError, DockerException
 
-from . import REPO_ROOT, base, buildkit, externals, publish, render, reproducible, wheelhouse
+from . import REPO_ROOT, base, buildkit, cubins, externals, publish, render, reproducible, wheelhouse
+from .attest import documents, sbom, statements
 from .errors import UserError
 from .matrix import Matrix
 from .plan import BuildPlan
 from .sources import fetch_sdist
 
 
-def execute(client, matrix: Matrix, plan: BuildPlan, emit=print) -> buildkit.BuildResult:
-    """Check the generated files, get a base and the locked packages, build, then push."""
+def execute(client, matrix: Matrix, plan: BuildPlan, emit=print, index: bool = False) -> buildkit.BuildResult:
+    """Check the generated files, get a base and the locked packages, build, then push. With `index`, the
+    reproducible rewrite also records every file's digest (result.normalized), as `check` needs to name the
+    files of a layer that differs without a second pass over the image."""
     drifted = render.check(matrix)
     if drifted:
         raise UserError(f"{', '.join(drifted)} differ from templates/ and matrix.toml: run `python build.py render`")
+    began = time.time()
     target, epoch, mode = plan.target, plan.provenance.epoch, plan.vllm_source
     if mode == "sdist" and target.unresolved_externals():  # the Dockerfile would refuse too, later
         raise UserError(target.unresolved_externals())
+    cubins.preflight(target, plan.build_args.get("FLASHINFER_MODULE_SET"),
+                     plan.build_args.get("FLASHINFER_CUBINS_REPOSITORY"), emit)  # minutes before the stage would
     runtime_base = base.ensure_base(client, target, emit)
     args = dict(plan.build_args, RUNTIME_BASE=runtime_base)
     if runtime_base != target.base.runtime:
@@ -36,10 +42,10 @@ def execute(client, matrix: Matrix, plan: BuildPlan, emit=print) -> buildkit.Bui
         sdist = fetch_sdist(target, progress=emit)
         extra[sdist.name] = sdist
         extra.update(externals.fetch_all(target, progress=emit))
-    # On the default port another build of ours may be serving its index (./dev test builds the cpu and sm120
-    # images side by side): wait for it rather than fail; an explicit DSV4_WHEEL_SERVER_PORT fails at once.
+    # On the target's port another build of the same target may be serving its index: wait for it rather than
+    # fail; an explicit DSV4_WHEEL_SERVER_PORT fails at once.
     wait = 0 if os.environ.get("DSV4_WHEEL_SERVER_PORT") else 3 * 3600
-    with wheelhouse.LoopbackIndex(files, extra, wait_s=wait, emit=emit) as index:
+    with wheelhouse.LoopbackIndex(files, extra, wait_s=wait, emit=emit, target=target.name) as index:
         args["PIP_INDEX_URL"] = f"{index.url}/simple"
         if extra:
             args["VLLM_SDIST_URL"] = f"{index.url}/files/{sdist.name}"
@@ -55,21 +61,40 @@ def execute(client, matrix: Matrix, plan: BuildPlan, emit=print) -> buildkit.Bui
     emit(f"timing: build {time.monotonic() - started:.1f}s")
     if plan.reproducible:
         started = time.monotonic()
-        image = reproducible.normalize(client, plan.tags[0], epoch, base.base_epoch(target), load=True, progress=emit)
+        image = reproducible.normalize(client, plan.tags[0], epoch, base.base_epoch(target), load=True, index=index,
+                                       progress=emit)
         for ref in plan.tags[1:]:
             client.images.get(plan.tags[0]).tag(ref)
         if image.config_digest != result.image_id:
             _remove_untagged(client, result.image_id)
-        result.image_id = image.config_digest
+        result.image_id, result.normalized = image.config_digest, image
         emit(f"timing: reproducible {time.monotonic() - started:.1f}s")
         emit(f"reproducible: timestamps rewritten to SOURCE_DATE_EPOCH in {time.monotonic() - started:.0f}s; "
              f"image {image.config_digest}")
+    if plan.stage == "image":  # the SBOM of what was built, checked against the locks and the plan before any push
+        started = time.monotonic()
+        result.sbom = sbom.generate(client, matrix, plan, plan.tags[0], REPO_ROOT / "reports", locked=files)
+        emit(f"sbom: {sbom.summary(result.sbom)}")
+        emit(f"timing: sbom {time.monotonic() - started:.1f}s")
     if plan.push:
         started = time.monotonic()
         for ref in plan.tags:
-            emit(f"pushed {ref} ({publish.push(client, ref, emit)})")
+            result.pushed[ref] = publish.push(client, ref, emit)
+            emit(f"pushed {ref} ({result.pushed[ref]})")
         emit(f"timing: push {time.monotonic() - started:.1f}s")
+        started = time.monotonic()
+        resolved = statements.materials(plan, files, runtime_base, _image_id(client, runtime_base))
+        documents.attach_to_pushed(plan, result.pushed, result.sbom.read_bytes() if result.sbom else None, resolved,
+                                   began, time.time(), emit)
+        emit(f"timing: attach {time.monotonic() - started:.1f}s")
     return result
+
+
+def _image_id(client, ref: str) -> str | None:
+    try:
+        return client.images.get(ref).id
+    except (APIError, DockerException):
+        return None
 
 
 def _remove_untagged(client, image_id: str) -> None:

@@ -2,7 +2,7 @@
 
     dsv4-images build --arch ARCH [--push] [--tag T]... [--dry-run] ...
     dsv4-images build --arch ARCH [--vllm wheel|sdist] ...
-    dsv4-images render|lock|patches|base|demo|verify|repro|matrix|resolve-digests|resolve-externals ...
+    dsv4-images render|lock|patches|base|demo|verify|repro|matrix|sbom|resolve-digests|resolve-externals ...
     python build.py --arch sm_103a --push      (no subcommand: `build`, as the design promises)
 
 Every expected failure is one line on stderr (`error: ...`) and a non-zero exit, never a traceback;
@@ -129,12 +129,12 @@ def _epoch(text: str) -> int:
 
 
 BUILDS = ("build", "demo", "repro")
-DOWNLOADS = ("build", "demo", "repro", "patches")
+DOWNLOADS = ("build", "demo", "repro", "patches", "check")
 ENVIRONMENT = {  # variable -> (the subcommands that read it, its check: a ValueError or UserError says why not)
     "SOURCE_DATE_EPOCH": (BUILDS, _epoch),
-    "DSV4_OWNER": (BUILDS, _owner),
+    "DSV4_OWNER": ((*BUILDS, "sbom"), _owner),
     "DSV4_CACHE": (DOWNLOADS, _cache_dir),
-    "DSV4_PYPI_SIMPLE_URL": (DOWNLOADS, _index_url),
+    "DSV4_PYPI_SIMPLE_URL": ((*DOWNLOADS, "sbom"), _index_url),
     "DSV4_WHEEL_SERVER_PORT": (DOWNLOADS, inputs.port),
     "DSV4_PROJECT_ROOT": (None, _project_root),  # None: every subcommand
     "DSV4_PYTHON312": (("prove",), _executable),  # the CPython 3.12 prove's venv is made from
@@ -157,7 +157,8 @@ def cmd_build(args) -> int:
     m = _matrix()
     build = plan.make(m, m.resolve(args.arch), provenance.current(), image=args.image, owner=args.owner,
                       tags=args.tag, push=args.push, no_cache=args.no_cache, unpatched=args.unpatched,
-                      reproducible=args.reproducible or None, vllm=args.vllm, flashinfer_modules=args.flashinfer_modules)
+                      reproducible=args.reproducible or None, vllm=args.vllm, flashinfer_modules=args.flashinfer_modules,
+                      cubins_repository=args.cubins_repository)
     if args.dry_run:
         _say(build.as_json() if args.json else build.describe())
         return 0
@@ -253,9 +254,26 @@ def cmd_repro(args) -> int:
     return repro.main(m, target, emit=_say, flashinfer_modules=args.flashinfer_modules)
 
 
+def cmd_check(args) -> int:
+    from .attest import check
+    return check.main(_matrix(), args.reference, emit=_say, use_cache=args.use_cache, keep=args.keep)
+
+
 def cmd_prove(args) -> int:
     from .prove import command
     return command.main(_matrix().resolve(args.arch), args, emit=_say)
+
+
+def cmd_sbom(args) -> int:
+    from . import REPO_ROOT, docker_client
+    from .attest import expect, sbom
+    m = _matrix()
+    target = m.resolve(args.arch)
+    client = docker_client.connect()
+    build = expect.plan_for_image(client, m, target, args.image)
+    path = sbom.generate(client, m, build, args.image, Path(args.output) if args.output else REPO_ROOT / "reports")
+    _say(f"sbom: {sbom.summary(path)}")
+    return 0
 
 
 def cmd_resolve_digests(args) -> int:
@@ -315,6 +333,18 @@ def _build_arguments(p: argparse.ArgumentParser) -> None:
                    help="get vLLM from PyPI's locked wheel or compile the pinned sdist (default: the target's, see matrix.toml)")
     p.add_argument("--flashinfer-modules", metavar="SET", type=inputs.flag(_module_set),
                    help="FlashInfer AOT module set: full (default, a release image) or a named smaller set (matrix.toml)")
+    p.add_argument("--cubins-repository", metavar="URL", type=inputs.flag(inputs.http_url),
+                   help="where the sm100 build gets FlashInfer's trtllm-gen cubins (default: NVIDIA's artifact server, "
+                        "matrix.toml); a mirror with the same paths gives the same image: the pins decide the bytes")
+
+
+def _sbom_arguments(p: argparse.ArgumentParser) -> None:
+    from .prove.command import image_reference
+    p.add_argument("--arch", required=True, type=ARCH, help="the image's target: sm_100a, sm_120, cpu, ...")
+    p.add_argument("--image", required=True, type=inputs.flag(image_reference),
+                   help="a local image of that target (name[:tag][@digest] or sha256:ID)")
+    p.add_argument("--output", type=inputs.flag(_cache_dir),
+                   help="directory for sbom-<target>.cdx.json, made if missing (default reports/)")
 
 
 def _verify_arguments(p: argparse.ArgumentParser) -> None:
@@ -356,10 +386,20 @@ SUBCOMMANDS = {  # name -> (help, arguments, handler)
         p.add_argument("--arch", type=ARCH, default="cpu"),
         p.add_argument("--flashinfer-modules", metavar="SET", type=inputs.flag(_module_set),
                        help="an sm target's FlashInfer module set (default: ci, which compiles one module)")), cmd_repro),
+    "check": ("rebuild a published image from this checkout, compare it with the registry's bit for bit, and verify "
+              "the SBOM, provenance and receipts attached to it", lambda p: (
+        p.add_argument("reference", metavar="REF", type=inputs.flag(inputs.registry_reference),
+                       help="the published image, e.g. ghcr.io/OWNER/dsv4-flash:sm120 or ...@sha256:..."),
+        p.add_argument("--use-cache", action="store_true",
+                       help="rebuild with the layer cache and cache mounts (faster; the default rebuilds clean)"),
+        p.add_argument("--keep", action="store_true", help="keep the rebuilt image (tag dsv4-flash-check:...)")),
+              cmd_check),
     "matrix": ("list the targets, or the CI matrix as JSON", lambda p: (
         p.add_argument("--json", action="store_true", help="the CI matrix as JSON"),
         p.add_argument("--kind", choices=["cuda", "cpu"], help="only targets of this kind"),
         p.add_argument("--compact", action="store_true", help="with --json: one line (for $GITHUB_OUTPUT)")), cmd_matrix),
+    "sbom": ("write an image's CycloneDX SBOM, cross-checked against the locks and its labels' plan",
+             _sbom_arguments, cmd_sbom),
     "resolve-digests": ("re-check the pinned base digests against the registry (where one is reachable)",
                         lambda p: None, cmd_resolve_digests),
     "resolve-externals": ("fill in the commit and sha256 of every source vLLM's CMake fetches (where github.com is "

@@ -137,3 +137,16 @@ def value(check, name: str, text: str, *bounds):
         return check(text, *bounds)
     except ValueError as exc:
         raise UserError(f"{name}: {exc}") from None
+
+
+def registry_reference(text: str) -> str:
+    """An image reference in a registry, as Docker reads it (references.py): REPOSITORY[:TAG][@DIGEST]."""
+    from .references import parse
+    try:
+        ref = parse(text)
+    except ValueError as exc:
+        raise ValueError(f"{shown(text)} is not an image reference: {exc}") from None
+    _, colon, port_text = ref.domain.rpartition(":")
+    if colon and port_text.isdigit() and not 1 <= int(port_text) <= 65535:  # Docker's grammar takes any digits
+        raise ValueError(f"{shown(text)}: registry port {port_text[:8]} is not in 1-65535")
+    return text

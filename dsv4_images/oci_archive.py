@@ -73,17 +73,23 @@ def _header(name: str, size: int) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT)
 
 
-def write_stream(config: bytes, tags: list[str], layers: list[tuple[str, Path]], consume: bool = False) -> Iterator[bytes]:
+def write_stream(config: bytes, tags: list[str], layers: list[tuple[str, Path]], consume: bool = False,
+                 present: int = 0) -> Iterator[bytes]:
     """The docker-archive for `docker load`, made on the fly from (sha256 hex, uncompressed layer file) pairs.
 
     The daemon unpacks the archive into its own temporary directory, so no copy is written here; with
-    `consume`, each layer file is deleted once sent (a layer that repeats is sent once)."""
+    `consume`, each layer file is deleted once sent (a layer that repeats is sent once). The first `present`
+    layers are listed but not sent: the daemon reads a layer's file only when it lacks the chain of layers up
+    to it (moby image/tarexport/load.go), and the caller has seen that chain in an image the daemon holds."""
     config_name = hashlib.sha256(config).hexdigest() + ".json"
     manifest = json.dumps([{"Config": config_name, "RepoTags": tags,
                             "Layers": [f"{hexdigest}/layer.tar" for hexdigest, _ in layers]}]).encode()
     for name, data in ((config_name, config), ("manifest.json", manifest)):
         yield _header(name, len(data)) + data + b"\0" * (-len(data) % 512)
+    needed = {hexdigest for hexdigest, _ in layers[present:]}
     for hexdigest, path in dict(layers).items():
+        if hexdigest not in needed:
+            continue
         size = path.stat().st_size
         yield _header(f"{hexdigest}/layer.tar", size)
         with open(path, "rb") as f:

@@ -118,9 +118,11 @@ class BuildPlan:
 
 def make(matrix: Matrix, target: Target, provenance: Provenance, *, image: str | None = None, owner: str | None = None,
          tags: list[str] | None = None, push: bool = False, no_cache: bool = False, unpatched: bool = False,
-         reproducible: bool | None = None, vllm: str | None = None, flashinfer_modules: str | None = None) -> BuildPlan:
+         reproducible: bool | None = None, vllm: str | None = None, flashinfer_modules: str | None = None,
+         cubins_repository: str | None = None) -> BuildPlan:
     """The plan for `target`, getting vLLM the way `vllm` says (default: the target's). Pushed images are
-    always made reproducible. Every tag is one Docker accepts (references.py), whatever the image name,
+    always made reproducible. `cubins_repository` replaces where the trtllm-gen cubins come from (a mirror);
+    the pins, hence the image, stay the same. Every tag is one Docker accepts (references.py), whatever the image name,
     owner or tags it was made from."""
     vllm_source = vllm or target.vllm.source
     if vllm_source not in target.vllm.modes:
@@ -146,6 +148,10 @@ def make(matrix: Matrix, target: Target, provenance: Provenance, *, image: str |
         if module_set != "full":
             notes.append(f"FlashInfer module set {module_set!r} ({', '.join(target.flashinfer.module_sets[module_set])}): "
                          "not a release image; the rest compiles on first use")
+    if cubins_repository:
+        if not (target.flashinfer and target.flashinfer.cubin_packages):
+            raise UserError(f"--cubins-repository: target {target.name} bakes no FlashInfer cubins", exit_code=2)
+        build_args["FLASHINFER_CUBINS_REPOSITORY"] = cubins_repository
     labels = dict(target.image_labels())
     labels.update({"org.opencontainers.image.revision": provenance.revision,
                    "org.opencontainers.image.created": provenance.created,

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from docker.errors import APIError, DockerException, ImageLoadError, NotFound
+
 from . import oci_archive
 from .errors import UserError
 from .oci_archive import HashingWriter
@@ -100,6 +102,52 @@ def _normalize_config(config: dict, diff_ids: list[str], epoch: int) -> dict:
     return out
 
 
+def present_prefix(client, diff_ids: list[str]) -> int:
+    """How many of `diff_ids`, from the first, the daemon already holds as one chain (in some image of its own).
+
+    Only a saving: 0 whenever that cannot be told for sure. An image removed while the daemon's images are
+    read is skipped; with the containerd image store a load needs every layer's blob, so nothing is held."""
+    try:
+        if "io.containerd.snapshotter" in str(client.info().get("DriverStatus")):
+            return 0
+        held = set()
+        for summary in client.api.images(all=True):
+            try:
+                inspected = client.api.inspect_image(summary["Id"])
+            except NotFound:  # removed meanwhile (./dev test's other run removes images as it goes)
+                continue
+            rootfs = inspected.get("RootFS") if isinstance(inspected, dict) else None
+            layers = rootfs.get("Layers") if isinstance(rootfs, dict) else None
+            if isinstance(layers, list):  # anything else (a proxy's odd answer) holds nothing
+                held.update(tuple(layers[:n]) for n in range(1, len(layers) + 1))
+    except DockerException:
+        return 0
+    n = 0
+    while n < len(diff_ids) and tuple(diff_ids[:n + 1]) in held:
+        n += 1
+    return n
+
+
+def _load(client, config: bytes, tags: list[str], layers: list[Layer], workdir: Path, progress) -> None:
+    """Load the rewritten image, sending only the layers the daemon lacks: a rebuild that reproduces an image
+    already here (`check`, a push after a build) loads its config and no layer data. Should an image holding
+    those layers go away meanwhile, that load fails and is made again with every layer."""
+    files = [(layer.digest.split(":", 1)[1], workdir / f"{layer.digest.split(':', 1)[1]}.tar") for layer in layers]
+    present = present_prefix(client, [layer.digest for layer in layers])
+    if present:
+        progress(f"loading: {present} of {len(layers)} layers are already in the daemon; sending the other "
+                 f"{len(layers) - present}")
+        try:
+            client.images.load(oci_archive.write_stream(config, tags, files, present=present))
+            return
+        except (APIError, ImageLoadError) as exc:
+            said = " ".join(str(exc).split())
+            if "no space left" in said:  # sending more cannot help
+                raise UserError(f"cannot load the rewritten image: {said[:300]}") from None
+            progress(f"loading without the held layers failed ({said[:160]}); sending all")
+    client.images.load(oci_archive.write_stream(config, tags, files, consume=True))
+
+
 def normalize(client, ref: str, epoch: int, base_epoch: int, load: bool = False, index: bool = False,
               progress: Callable[[str], None] = lambda _: None) -> NormalizedImage:
     """Rewrite `ref`'s layers and config for SOURCE_DATE_EPOCH; load the result under ref if asked.
@@ -137,8 +185,7 @@ def normalize(client, ref: str, epoch: int, base_epoch: int, load: bool = False,
         raw = oci_archive.canonical_json(config)
         result = NormalizedImage(f"sha256:{hashlib.sha256(raw).hexdigest()}", layers, config)
         if load:
-            layer_files = [(layer.digest.split(":", 1)[1], workdir / f"{layer.digest.split(':', 1)[1]}.tar") for layer in layers]
-            client.images.load(oci_archive.write_stream(raw, entry.get("RepoTags") or [ref], layer_files, consume=True))
+            _load(client, raw, entry.get("RepoTags") or [ref], layers, workdir, progress)
         return result
     finally:
         for p in workdir.glob("*"):

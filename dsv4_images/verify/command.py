@@ -18,7 +18,7 @@ import traceback
 from .. import inputs, matrix
 from ..errors import UserError
 from . import checks as checks_mod, measurable, prompts, runner, server, tools
-from .checks import CANNOT, PASS, SKIPPED, Check
+from .checks import CANNOT, FAIL, PASS, SKIPPED, Check
 from .endpoint import Endpoint
 from .transport import Deadline, Timeouts
 
@@ -74,6 +74,12 @@ def add_arguments(p) -> None:
                    help=f"seconds to the first byte of a response, and of any later gap (default {d.first_byte:g})")
     p.add_argument("--request-timeout", type=seconds, help=f"seconds per request (default {d.request:g})")
     p.add_argument("--run-timeout", type=seconds, help=f"seconds for the whole run (default {d.run:g})")
+    p.add_argument("--image", metavar="REF", type=inputs.flag(inputs.registry_reference),
+                   help="the image the deployment runs, in its registry: write the verdict as a receipt bound to its digest")
+    p.add_argument("--receipt", type=inputs.flag(inputs.writable_file),
+                   help="with --image: where the receipt goes (default ./verify-receipt-<digest>.intoto.json)")
+    p.add_argument("--attach", action="store_true",
+                   help="with --image: attach the receipt to the image in its registry (`dsv4-images check` lists it)")
 
 
 def _timeouts(args) -> Timeouts:
@@ -202,6 +208,9 @@ def main(args, emit=print, m=None) -> int:
     if not math.isfinite(args.temperature) or args.temperature < 0:
         raise UserError(f"--temperature {args.temperature}: expected a finite number >= 0")
     timeouts = _timeouts(args)
+    image = getattr(args, "image", None)
+    if not image and (getattr(args, "attach", False) or getattr(args, "receipt", None)):
+        raise UserError("--attach and --receipt bind the verdict to an image: they need --image REF", exit_code=2)
     m = m or matrix.load()
     if args.arch:
         m.resolve(args.arch)
@@ -214,12 +223,22 @@ def main(args, emit=print, m=None) -> int:
                              "run": timeouts.run, "get": timeouts.get},
               "phases": []}
     found: list[Check] = []
+    bound = None
+    if image:  # resolved before anything is sent: a receipt is bound to a digest or not written at all
+        from ..attest import receipts
+        bound = receipts.resolve(image)
+        report["image"] = {"reference": image, "repository": bound.name, "digest": bound.digest, "target": bound.target}
     try:
         info = server.describe(args.url, timeouts, deadline)
     except server.ServerProblem as exc:
         found.append(Check("server", CANNOT, exc.detail))
-        return _finish(report, found, args, started, emit)
+        return _finish(report, found, args, started, emit, bound)
     target_name, thresholds, rule = _target_for(m, info.model, args.arch)
+    if bound is not None:
+        same = bound.target == target_name
+        found.append(Check("image", PASS if same else FAIL,
+                           f"{bound.name}@{bound.digest[:19]}... is a {bound.target} image"
+                           + ("" if same else f", but the server was judged as {target_name} (its model {info.model!r})")))
     if args.workload != "all":
         selected = [p for p in selected if p.workload == args.workload]
     report |= {"model": info.model, "server": info.as_dict(), "target": target_name, "prompt_set": version,
@@ -262,10 +281,10 @@ def main(args, emit=print, m=None) -> int:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever a server sent, verify answers with a verdict, not a traceback
         found.append(_internal(exc))
-    return _finish(report, found, args, started, emit)
+    return _finish(report, found, args, started, emit, bound)
 
 
-def _finish(report: dict, found: list[Check], args, started: float, emit) -> int:
+def _finish(report: dict, found: list[Check], args, started: float, emit, bound=None) -> int:
     report["checks"] = [c.as_dict() for c in found]
     report["status"] = checks_mod.status_of(found)
     report["verdict"] = checks_mod.verdict(found)
@@ -279,6 +298,13 @@ def _finish(report: dict, found: list[Check], args, started: float, emit) -> int
         except OSError as exc:
             raise UserError(f"cannot write the report to {args.json}: {exc.strerror or exc}") from None
         emit(f"report: {args.json}")
+    if bound is not None:
+        from ..attest import receipts
+        path = args.receipt or receipts.default_path(bound)
+        payload = receipts.write(bound, report, path)
+        emit(f"receipt: {path} ({len(payload)} bytes, bound to {bound.name}@{bound.digest})")
+        if args.attach:
+            emit(f"receipt attached to {bound.name}@{bound.digest[:19]}...: {receipts.attach(bound, payload)}")
     code = checks_mod.exit_code(found)
     if code:
         print(checks_mod.summary(found), file=sys.stderr, flush=True)

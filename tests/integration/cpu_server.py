@@ -26,7 +26,7 @@ def build_cpu_image(docker_client, unpatched: bool, report: dict) -> tuple[str, 
     result = builder.execute(docker_client, m, build, emit=lines.append)
     key = "build_unpatched" if unpatched else "build"
     report[key] = {"seconds": round(time.monotonic() - started, 1), "steps": result.steps,
-                   "cached_steps": result.cached_steps,
+                   "cached_steps": result.cached_steps, "stages": result.stages,
                    "image_size_bytes": docker_client.images.get(build.tags[0]).attrs["Size"]}
     return build.tags[0], build.labels
 

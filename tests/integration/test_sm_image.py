@@ -41,7 +41,7 @@ def sm120_image(docker_client, report):
     result = builder.execute(docker_client, M, build, emit=lines.append)
     image = docker_client.images.get(build.tags[0])
     report["sm120_build"] = {"seconds": round(time.monotonic() - started, 1), "steps": result.steps,
-                             "cached_steps": result.cached_steps, "image_size_bytes": image.attrs["Size"],
+                             "cached_steps": result.cached_steps, "stages": result.stages, "image_size_bytes": image.attrs["Size"],
                              "flashinfer_module_set": "ci",
                              "step_seconds": [line for line in lines if line.startswith("timing:")]}
     return build.tags[0]

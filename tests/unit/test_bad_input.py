@@ -70,6 +70,10 @@ ACCEPTED = {  # (subcommand, flag) -> (hostile keys accepted, why)
     ("verify", "--json"): (WRITABLE_PATH, "any file path that can be written (relative ones under the working "
                                           "directory; Linux takes any byte but NUL and '/' in a name)"),
     ("verify", "--temperature"): ({"zero", "minus-zero"}, "0 is greedy sampling"),
+    ("verify", "--image"): (VALID_NAME, "an image named with lowercase letters and digits is valid (docker.io/library/"
+                                        "NAME; verify then resolves its digest in the registry)"),
+    ("sbom", "--image"): (VALID_NAME, "a local image named with lowercase letters and digits is valid"),
+    ("sbom", "--output"): (WRITABLE_PATH | {"root", "directory"}, "any directory that exists or can be made, and is written"),
     ("prove", "--report"): (WRITABLE_PATH, "any file path that can be written"),
     ("verify", "--concurrency"): ({"padded"}, "spaces around a level are allowed (' 8 ' is 8)"),
     **{("verify", f"--{t}-timeout"): ({"fraction"}, "2.5 seconds") for t in ("connect", "first-byte", "request", "run")},
@@ -78,6 +82,8 @@ BASES = {  # valid invocations per subcommand, to each of which one hostile flag
     "build": [["build", "--arch", "cpu", "--dry-run"], ["build", "--arch", "cpu"]],   # plan only; then the daemon
     "lock": [["lock"]], "verify": [["verify", "--url", "http://127.0.0.1:9"]],
     "prove": [["prove", "--arch", "sm120"]],   # prove's run is a tripwire: its arguments are checked before it
+    "sbom": [["sbom", "--arch", "cpu", "--image", "dsv4-flash:cpu"]],   # then the daemon (a tripwire)
+    "check": [["check", "127.0.0.1:5000/dsv4-flash:cpu"]],               # then the registry (a tripwire)
 }
 
 
@@ -88,6 +94,7 @@ class Tripwire(Exception):
 @pytest.fixture
 def tripwires(monkeypatch, tmp_path):
     from dsv4_images import digests, locks, patches, render, repro
+    from dsv4_images.attest import check, receipts
     from dsv4_images.verify import server
 
     def trip(what):
@@ -98,6 +105,8 @@ def tripwires(monkeypatch, tmp_path):
     monkeypatch.setattr(server, "describe", trip("the network (verify)"))
     monkeypatch.setattr(socket, "create_connection", trip("the network"))
     monkeypatch.setattr(digests, "main", trip("the network (registry)"))
+    monkeypatch.setattr(receipts, "resolve", trip("the registry (verify --image)"))
+    monkeypatch.setattr(check, "main", trip("the registry (check)"))
     from dsv4_images.prove import command as prove_command
     for module, name in ((locks, "write_locks"), (locks, "write_dev_lock"), (render, "write"),
                          (patches, "check_targets"), (repro, "main"), (prove_command, "run")):
@@ -180,10 +189,26 @@ def test_every_flag_of_every_subcommand_with_hostile_values(tripwires, report):
     assert not failures, f"{len(failures)} of {tried}:\n" + "\n".join(failures)
 
 
+def test_check_s_image_reference_with_hostile_values(tripwires):
+    """check's one positional argument: a reference Docker would accept reaches the registry, the rest is refused."""
+    failures = []
+    for key, value in hostile(tripwires).items():
+        code, out, err = run_cli(["check", value])
+        wrong = judge(code, out, err, key in VALID_NAME)
+        if wrong:
+            failures.append(f"check {key}: {wrong}")
+    assert not failures, "\n".join(failures)
+
+
 # ---- environment variables the command line reads -----------------------------------------------
 
 ENV_READ = re.compile(r"""(?:environ\.get|env\.get|getenv)\(\s*["']([A-Z][A-Z0-9_]+)["']|env\[["']([A-Z][A-Z0-9_]+)["']\]""")
 NOT_OURS = {"DOCKER_HOST": "read by the Docker SDK when connecting: a bad one is one line (test_cli.py)",
+            "DOCKER_CONFIG": "where attest/registry.py finds registry logins, as Docker does: a bad config.json or "
+                             "a path that is no directory is one line (test_registry.py)",
+            **{name: "set by GitHub Actions on its runners; copied into the provenance's builder and invocation ids "
+                     "(attest/documents.py), never parsed" for name in ("GITHUB_ACTIONS", "GITHUB_WORKFLOW_REF",
+                     "GITHUB_SERVER_URL", "GITHUB_REPOSITORY", "GITHUB_RUN_ID", "GITHUB_RUN_ATTEMPT")},
             "TESTCONTAINERS_RYUK_DISABLED": "set by us for testcontainers, not read",
             "HF_TOKEN": "passed through (compose); not read by the command line",
             "PATH": "prove prepends its toolchain to it; never parsed",
@@ -372,6 +397,9 @@ CLI_SUBSET = [  # (argv, environment, what the one error line must name)
     (["verify", "--url=http://127.0.0.1:9", "--concurrency=1,,4"], {}, "argument --concurrency"),
     (["verify", "--url=http://127.0.0.1:9", "--run-timeout=1e23"], {}, "argument --run-timeout"),
     (["verify", "--url=http://user:pw@127.0.0.1:9"], {}, "credentials"),
+    (["check", "localhost:99999/dsv4-flash:cpu"], {}, "registry port 99999 is not in 1-65535"),
+    (["verify", "--url=http://127.0.0.1:9", "--image=localhost:0/x:y"], {}, "registry port 0 is not in 1-65535"),
+    (["build", "--arch", "sm_103a", "--cubins-repository=file:///mirror"], {}, "argument --cubins-repository"),
     (["verify", "--url=http://127.0.0.1:9", "--json=/sys/dsv4-bad-input.json"], {}, "argument --json"),
     (["verify", "--url=http://127.0.0.1:9", "--prompt-set=../../../etc/passwd"], {}, "argument --prompt-set"),
     (["verify", "--url=http://127.0.0.1:9", "--arch=sm_90a"], {}, "unknown arch 'sm_90a'"),

@@ -69,10 +69,24 @@ def test_render_check_and_lock_check_pass_on_main():
     assert run("lock", "--check").returncode == 0
 
 
-def test_resolve_digests_without_a_registry_is_one_line():
+def test_resolve_digests_says_there_is_nothing_to_resolve_when_every_base_is_bootstrapped():
     result = run("resolve-digests", env={"HTTPS_PROXY": "http://127.0.0.1:9"})
-    line = one_line_error(result)
-    assert line.startswith("error: cannot reach Docker Hub to resolve ")
+    assert result.returncode == 0, result.stderr
+    assert "no target names an upstream base" in result.stdout
+
+
+def test_resolve_digests_without_a_registry_is_one_line(monkeypatch):
+    """A matrix whose target still names an upstream base by digest (as cpu did) and no registry: one line."""
+    from types import SimpleNamespace
+
+    from dsv4_images import digests
+    from dsv4_images.errors import UserError
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    ref = "debian:bookworm-slim@sha256:" + "a" * 64
+    m = SimpleNamespace(targets={"cpu": SimpleNamespace(base=SimpleNamespace(build=ref, runtime=ref))})
+    with pytest.raises(UserError) as exc:
+        digests.main(m, emit=lambda _: None)
+    assert str(exc.value).startswith("cannot reach Docker Hub to resolve library/debian:bookworm-slim")
 
 
 def test_digest_references_split_into_repository_tag_and_digest():

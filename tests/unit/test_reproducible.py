@@ -10,6 +10,8 @@ import io
 import json
 import tarfile
 
+from docker import errors as docker_errors
+
 from dsv4_images import oci_archive, repro, reproducible
 
 EPOCH = 1767225600
@@ -123,6 +125,104 @@ def test_the_archive_for_docker_load_is_streamed_and_frees_each_layer_once_sent(
         assert tar.extractfile(names[0]).read() == config
     assert names == [f"{hashlib.sha256(config).hexdigest()}.json", "manifest.json", f"{digest.split(':')[1]}/layer.tar"]
     assert manifest == [{"Config": names[0], "RepoTags": ["example/x:1"], "Layers": [names[2], names[2]]}]
+
+
+def test_layers_the_daemon_holds_are_listed_but_not_sent(tmp_path):
+    """A layer repeated after the held prefix is still sent: the daemon needs it at that later position."""
+    files = []
+    for i in range(3):
+        (tmp_path / f"{i}.tar").write_bytes(bytes([65 + i]) * 1024)
+        files.append((f"{i:064x}", tmp_path / f"{i}.tar"))
+    stream = oci_archive.write_stream(b"{}", ["example/x:1"], files + [files[0]], present=2)
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+        names = tar.getnames()
+        manifest = json.load(tar.extractfile("manifest.json"))
+    assert names[2:] == [f"{0:064x}/layer.tar", f"{2:064x}/layer.tar"]
+    assert manifest[0]["Layers"] == [f"{i:064x}/layer.tar" for i in (0, 1, 2, 0)]
+    assert all(path.exists() for _, path in files)  # not consumed: a failed load can send them all again
+
+
+class _Api:
+    def __init__(self, images, gone):
+        self._images, self.gone = images, gone
+
+    def images(self, all=False):
+        return [{"Id": i} for i in self._images]
+
+    def inspect_image(self, image_id):
+        if image_id in self.gone:
+            raise docker_errors.NotFound("No such image")
+        return {"RootFS": {"Layers": self._images[image_id]}}
+
+
+class _Daemon:
+    """Stands in for docker's client in the load decision; the integration tests load the real cpu image."""
+
+    def __init__(self, images, fail_partial=False, gone=(), driver_status=(("Backing Filesystem", "extfs"),)):
+        self.api, self.images = _Api(dict(enumerate(images)), gone), self
+        self.fail_partial, self.loads = fail_partial, []
+        self.driver_status = [list(pair) for pair in driver_status]
+
+    def info(self):
+        return {"DriverStatus": self.driver_status}
+
+    def load(self, stream):
+        data = b"".join(stream)
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            sent = [n for n in tar.getnames() if n.endswith("/layer.tar")]
+        self.loads.append(sent)
+        if self.fail_partial and len(self.loads) == 1:
+            raise docker_errors.ImageLoadError("open /var/lib/docker/tmp/docker-import-1/x/layer.tar: no such file")
+
+
+def test_present_prefix_counts_only_a_chain_from_the_first_layer():
+    daemon = _Daemon([["a", "b", "c"], ["x", "y"]])
+    assert reproducible.present_prefix(daemon, ["a", "b", "z"]) == 2
+    assert reproducible.present_prefix(daemon, ["b", "c"]) == 0  # b alone is no chain the daemon holds
+    assert reproducible.present_prefix(daemon, ["a", "b", "c", "d"]) == 3
+    assert reproducible.present_prefix(_Daemon([]), ["a"]) == 0
+
+
+def test_an_image_removed_while_looking_is_skipped_and_containerd_s_store_holds_nothing():
+    assert reproducible.present_prefix(_Daemon([["a"], ["a", "b"]], gone=(1,)), ["a", "b"]) == 1
+    containerd = _Daemon([["a"]], driver_status=(("driver-type", "io.containerd.snapshotter.v1"),))
+    assert reproducible.present_prefix(containerd, ["a"]) == 0
+
+
+def test_an_inspect_answer_of_another_shape_holds_nothing_instead_of_failing_the_build():
+    for answer in ({"RootFS": None}, {"RootFS": "garbage"}, {"RootFS": {"Layers": 5}}, {"RootFS": {"Layers": None}}):
+        daemon = _Daemon([["a"]])
+        daemon.api.inspect_image = lambda image_id, answer=answer: answer
+        assert reproducible.present_prefix(daemon, ["a"]) == 0, answer
+    daemon = _Daemon([["a"]])
+    daemon.api.inspect_image = lambda image_id: "not a dict"
+    assert reproducible.present_prefix(daemon, ["a"]) == 0
+
+
+def _rewritten(tmp_path, n):
+    layers = []
+    for i in range(n):
+        hexdigest = f"{i:064x}"
+        (tmp_path / f"{hexdigest}.tar").write_bytes(b"L" * 512)
+        layers.append(reproducible.Layer(f"sha256:{hexdigest}"))
+    return layers
+
+
+def test_a_rebuild_the_daemon_already_holds_loads_no_layer_data(tmp_path):
+    layers = _rewritten(tmp_path, 3)
+    daemon = _Daemon([[layer.digest for layer in layers]])
+    said = []
+    reproducible._load(daemon, b"{}", ["example/x:1"], layers, tmp_path, said.append)
+    assert daemon.loads == [[]] and "3 of 3 layers are already in the daemon" in said[0]
+
+
+def test_when_the_held_layers_go_away_meanwhile_the_load_is_made_again_with_every_layer(tmp_path):
+    layers = _rewritten(tmp_path, 3)
+    daemon = _Daemon([[layers[0].digest, layers[1].digest]], fail_partial=True)
+    said = []
+    reproducible._load(daemon, b"{}", ["example/x:1"], layers, tmp_path, said.append)
+    assert daemon.loads == [[f"{2:064x}/layer.tar"], [f"{i:064x}/layer.tar" for i in range(3)]]
+    assert "sending all" in said[-1]
 
 
 def test_the_config_gets_the_epoch_everywhere_and_loses_the_build_container():
