@@ -92,9 +92,7 @@ def _project_root(text: str) -> str:
 
 
 def _cache_dir(text: str) -> str:
-    if not text.strip() or text != text.strip():
-        raise ValueError(f"expected a directory path without surrounding spaces, got {inputs.shown(text)}")
-    inputs.writable_file(str(Path(text) / ".dsv4-cache-write-test"))  # the cache itself, or where it can be made
+    inputs.writable_dir(text)  # the cache itself, or where it can be made
     return text
 
 

@@ -88,6 +88,29 @@ def writable_file(text: str) -> Path:
     return path
 
 
+def writable_dir(text: str) -> Path:
+    """A directory that exists or can be made, and can be written now. Probed with a file of a name no one
+    else uses: builds running side by side (./dev test's two runs) check one cache at the same moment, and a
+    fixed probe name let one refuse the other's file (O_EXCL) or remove it. Nothing is left behind."""
+    if not text.strip() or text != text.strip():
+        raise ValueError(f"expected a directory path without surrounding spaces, got {shown(text)}")
+    path = Path(text)
+    if len(os.fsencode(text)) > PATH_MAX - NAME_MAX or any(len(os.fsencode(p)) > NAME_MAX for p in path.parts):
+        raise ValueError(f"{shown(text)} is longer than a directory path ({PATH_MAX - NAME_MAX} bytes, "
+                         f"{NAME_MAX} per name) may be")
+    try:
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"{shown(text)} is a file, not a directory")
+        ancestor = path
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise ValueError(f"{shown(text)} is under {ancestor}, which is a file, not a directory")
+        tempfile.TemporaryFile(dir=ancestor).close()
+    except OSError as exc:
+        raise ValueError(f"cannot write {shown(text)}: {exc.strerror or exc}") from None
+    return path
+
 def http_url(text: str) -> str:
     """An http(s) URL verify can talk to: host and optional port and path; nothing it would ignore
     (credentials, a query, a fragment) and nothing http.client refuses (spaces, control characters)."""

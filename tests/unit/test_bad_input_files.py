@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from dsv4_images import REPO_ROOT, cli, matrix
+from dsv4_images import REPO_ROOT, cli, inputs, matrix
 from dsv4_images.in_image import entrypoint as ep
 from dsv4_images.in_image import runtime
 from tests.conftest import need
@@ -260,3 +260,42 @@ def test_demo_on_a_taken_port_is_one_line_before_the_build(tripwires):
         port = taken.getsockname()[1]
         code, _, err = run_cli(["demo", "--port", str(port)])
     one_error_line(code, err, f"demo: --port {port}: cannot listen on 127.0.0.1:{port}", "docker rm -f")
+
+
+_CHECK_THE_CACHE = """
+import sys, time
+from dsv4_images import inputs
+end, refused = time.time() + 2, 0
+while time.time() < end:
+    try:
+        inputs.writable_dir(sys.argv[1])
+    except ValueError:
+        refused += 1
+sys.exit(min(refused, 1))
+"""
+
+
+def test_two_builds_checking_one_cache_at_once_both_find_it_writable(tmp_path):
+    """./dev test runs the cpu and sm120 builds side by side with one $DSV4_CACHE; its check wrote a probe of
+    one fixed name, so one build could refuse the cache on the other's probe. Two processes check it for the
+    same 2 s: neither may refuse it, and nothing is left in it."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    checks = [subprocess.Popen([sys.executable, "-c", _CHECK_THE_CACHE, str(cache)], cwd=REPO_ROOT) for _ in range(2)]
+    assert [p.wait(timeout=120) for p in checks] == [0, 0]
+    assert not list(cache.iterdir())
+
+
+@pytest.mark.parametrize("layout,words", [
+    ("file", "is a file, not a directory"),
+    ("under-file", "which is a file, not a directory"),
+    ("long", "is longer than a directory path"),
+])
+def test_a_cache_that_cannot_be_a_writable_directory_is_one_line(layout, words, tmp_path):
+    (tmp_path / "f").write_text("")
+    text = {"file": tmp_path / "f", "under-file": tmp_path / "f" / "cache", "long": tmp_path / ("x" * 256)}[layout]
+    with pytest.raises(ValueError) as exc:
+        inputs.writable_dir(str(text))
+    assert words in str(exc.value) and "\n" not in str(exc.value)
+    assert inputs.writable_dir(str(tmp_path / "new" / "cache")) == tmp_path / "new" / "cache"  # made later: fine
+    assert not (tmp_path / "new").exists()  # the check makes nothing
