@@ -11,8 +11,12 @@
 set -euo pipefail
 image=${1:-ghcr.io/dsv4-flash/dsv4-flash:cpu}
 rounds=${2:-3}
+[[ "$rounds" =~ ^[1-9][0-9]{0,2}$ ]] || { echo "cache_probe_race.sh: ROUNDS must be 1-999, got '$rounds'" >&2; exit 2; }
 mount=()
-[[ -n "${RUNTIME_PY:-}" ]] && mount=(-v "$(realpath "$RUNTIME_PY")":/opt/dsv4-flash/runtime.py:ro)
+if [[ -n "${RUNTIME_PY:-}" ]]; then
+  [[ -f "$RUNTIME_PY" ]] || { echo "cache_probe_race.sh: RUNTIME_PY=$RUNTIME_PY is not a file" >&2; exit 2; }
+  mount=(-v "$(realpath "$RUNTIME_PY")":/opt/dsv4-flash/runtime.py:ro)
+fi
 tag="dsv4-probe-race-$$"
 trap 'docker rm -f "$tag-0" "$tag-1" >/dev/null 2>&1 || true; docker volume rm "$tag" >/dev/null 2>&1 || true' EXIT
 for round in $(seq "$rounds"); do

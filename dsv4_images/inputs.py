@@ -77,7 +77,7 @@ def writable_file(text: str) -> Path:
         while not ancestor.exists():
             ancestor = ancestor.parent
         if not ancestor.is_dir():
-            raise ValueError(f"{shown(text)} is under {ancestor}, which is a file, not a directory")
+            raise ValueError(f"{shown(text)} is under {shown(str(ancestor))}, which is a file, not a directory")
         if ancestor == path.parent:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
             path.unlink()
@@ -103,13 +103,17 @@ def writable_dir(text: str) -> Path:
             raise ValueError(f"{shown(text)} is a file, not a directory")
         ancestor = path
         while not ancestor.exists():
+            if ancestor.is_symlink():  # a link to nothing (or a loop): mkdir there fails later, with a traceback
+                raise ValueError(f"{shown(text)} cannot be made: {shown(str(ancestor))} is a symbolic link that "
+                                 "leads nowhere")
             ancestor = ancestor.parent
         if not ancestor.is_dir():
-            raise ValueError(f"{shown(text)} is under {ancestor}, which is a file, not a directory")
+            raise ValueError(f"{shown(text)} is under {shown(str(ancestor))}, which is a file, not a directory")
         tempfile.TemporaryFile(dir=ancestor).close()
     except OSError as exc:
         raise ValueError(f"cannot write {shown(text)}: {exc.strerror or exc}") from None
     return path
+
 
 def http_url(text: str) -> str:
     """An http(s) URL verify can talk to: host and optional port and path; nothing it would ignore

@@ -264,12 +264,13 @@ def test_demo_on_a_taken_port_is_one_line_before_the_build(tripwires):
 
 _CHECK_THE_CACHE = """
 import sys, time
-from dsv4_images import inputs
+from dsv4_images import cli
+from dsv4_images.errors import UserError
 end, refused = time.time() + 2, 0
 while time.time() < end:
     try:
-        inputs.writable_dir(sys.argv[1])
-    except ValueError:
+        cli.check_environment("build", env={"DSV4_CACHE": sys.argv[1]})
+    except UserError:
         refused += 1
 sys.exit(min(refused, 1))
 """
@@ -289,11 +290,21 @@ def test_two_builds_checking_one_cache_at_once_both_find_it_writable(tmp_path):
 @pytest.mark.parametrize("layout,words", [
     ("file", "is a file, not a directory"),
     ("under-file", "which is a file, not a directory"),
+    ("under-file-named-with-a-newline", "which is a file, not a directory"),
     ("long", "is longer than a directory path"),
+    ("dangling-link", "is a symbolic link that leads nowhere"),
+    ("link-loop", "is a symbolic link that leads nowhere"),
 ])
 def test_a_cache_that_cannot_be_a_writable_directory_is_one_line(layout, words, tmp_path):
+    """Each of these was accepted or gave two lines before; a link to nowhere passed the check and made
+    the download's mkdir fail later with a traceback."""
     (tmp_path / "f").write_text("")
-    text = {"file": tmp_path / "f", "under-file": tmp_path / "f" / "cache", "long": tmp_path / ("x" * 256)}[layout]
+    (tmp_path / "a\nb").write_text("")
+    (tmp_path / "dangling").symlink_to(tmp_path / "missing")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    text = {"file": tmp_path / "f", "under-file": tmp_path / "f" / "cache",
+            "under-file-named-with-a-newline": tmp_path / "a\nb" / "cache", "long": tmp_path / ("x" * 256),
+            "dangling-link": tmp_path / "dangling", "link-loop": tmp_path / "loop" / "cache"}[layout]
     with pytest.raises(ValueError) as exc:
         inputs.writable_dir(str(text))
     assert words in str(exc.value) and "\n" not in str(exc.value)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from dsv4_images import REPO_ROOT
+from dsv4_images import REPO_ROOT, inputs
 from tests.support.fake_vllm import FakeVLLM
 
 QUICK = ["--workload", "instructions", "--concurrency", "1,2", "--max-tokens", "16"]
@@ -78,4 +78,5 @@ def test_an_unwritable_report_path_is_one_error_line_before_anything_is_sent(tmp
         result = verify("--url", server.url, *QUICK, "--json", str(blocker / "v.json"))
         assert server.state.requests == 0
     assert result.returncode == 2 and result.stderr.startswith("error: verify: argument --json: ")
-    assert f"is under {blocker}, which is a file" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert f"is under {inputs.shown(str(blocker))}, which is a file" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
