@@ -26,7 +26,7 @@ import time
 import zlib
 
 from .. import REPO_ROOT, builder, docker_client, plan as plans, provenance, repro, reproducible
-from ..errors import UserError
+from ..errors import UserError, write_file
 from ..matrix import Matrix
 from . import artifacts, expect, registry, statements
 
@@ -261,8 +261,7 @@ def main(m: Matrix, ref: str, emit=print, use_cache: bool = False, keep: bool = 
     report["documents"], problems = verify_documents(repo, manifest, labels, rebuilt_sbom, emit)
     report["seconds"] = {"rebuild": round(rebuild_s, 1), "total": round(time.monotonic() - started, 1)}
     out = REPO_ROOT / "reports" / f"check-{planned.target.name}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_file(out, json.dumps(report, indent=2) + "\n", f"cannot write the check report to {out}")
     for line in report.get("config_differences", []):
         emit(f"    config {line}")
     for layer in report.get("layers", []):

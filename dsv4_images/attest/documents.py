@@ -9,6 +9,7 @@ import hashlib
 import os
 
 from .. import REPO_ROOT
+from ..errors import write_file
 from . import artifacts, registry, statements
 
 SBOM_TYPE = "application/vnd.cyclonedx+json"
@@ -43,8 +44,7 @@ def attach_to_pushed(plan, pushed: dict[str, str], sbom_payload: bytes | None, r
             body["predicate"]["runDetails"]["metadata"]["invocationId"] = invocation
         payload = statements.dumps(body)
         path = REPO_ROOT / "reports" / f"provenance-{plan.target.name}-{digest[7:19]}.intoto.json"
-        path.parent.mkdir(exist_ok=True)
-        path.write_bytes(payload)
+        write_file(path, payload, f"cannot write the provenance to {path}")
         written.append(str(path))
         if sbom_payload:
             emit(f"attached SBOM to {repo.name}@{digest[:19]}...: "

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import write_file
 from . import artifacts, registry, statements
 from .check import image_config, image_manifest
 
@@ -50,11 +50,7 @@ def default_path(image: BoundImage) -> Path:
 
 def write(image: BoundImage, report: dict, path: Path) -> bytes:
     payload = statements.dumps(statements.receipt(report, image.name, image.digest, image.labels))
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(payload)
-    except OSError as exc:
-        raise UserError(f"cannot write the receipt to {path}: {exc.strerror or exc}") from None
+    write_file(path, payload, f"cannot write the receipt to {path}")
     return payload
 
 

@@ -28,7 +28,7 @@ from docker.errors import APIError, DockerException, ImageNotFound
 from packageurl import PackageURL
 
 from .. import __version__, docker_client, wheelhouse
-from ..errors import UserError
+from ..errors import UserError, write_file
 from ..matrix import Matrix, Target
 from ..plan import BuildPlan
 from . import expect
@@ -234,22 +234,15 @@ def generate(client, matrix: Matrix, plan: BuildPlan, image_ref: str, out_dir: P
     problems = cross_check(json.loads(text), target, plan, locked)
     variant = "-unpatched" if plan.build_args.get("APPLY_PATCHES") == "0" else ""  # the test build of the unpatched image
     out = Path(out_dir) / f"sbom-{target.name}{variant}.cdx.json"
-    written = _write(out.with_name(out.name + ".rejected") if problems else out, text)
+    rejected = out.with_name(out.name + ".rejected")
+    path = rejected if problems else out
+    written = write_file(path, text, f"SBOM: cannot write {path}")
     if problems:
         more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
         raise UserError(f"SBOM of {image_ref} does not match the locks and the plan: {'; '.join(problems[:5])}{more} "
                         f"(document kept in {written})")
-    out.with_name(out.name + ".rejected").unlink(missing_ok=True)
+    rejected.unlink(missing_ok=True)
     return written
-
-
-def _write(path: Path, text: str) -> Path:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    except OSError as exc:
-        raise UserError(f"SBOM: cannot write {path}: {exc.strerror or exc}") from None
-    return path
 
 
 def summary(path: Path) -> str:

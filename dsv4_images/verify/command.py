@@ -16,7 +16,7 @@ import time
 import traceback
 
 from .. import inputs, matrix
-from ..errors import UserError
+from ..errors import UserError, write_file
 from . import checks as checks_mod, measurable, prompts, runner, server, tools
 from .checks import CANNOT, FAIL, PASS, SKIPPED, Check
 from .endpoint import Endpoint
@@ -292,11 +292,8 @@ def _finish(report: dict, found: list[Check], args, started: float, emit, bound=
     report["thresholds"] = report.get("thresholds", {"min_acceptance": {}})
     emit(table({**report, "_checks": found}))
     if args.json:
-        try:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-        except OSError as exc:
-            raise UserError(f"cannot write the report to {args.json}: {exc.strerror or exc}") from None
+        write_file(args.json, json.dumps(report, indent=2, ensure_ascii=False) + "\n",
+                   f"cannot write the report to {args.json}")
         emit(f"report: {args.json}")
     if bound is not None:
         from ..attest import receipts

@@ -395,3 +395,16 @@ def test_an_external_s_material_is_named_as_the_tar_its_digest_is_of():
         entry = named[pin.archive.removesuffix(".gz")]
         assert entry["digest"]["sha256"] == pin.tar_sha256 and entry["annotations"]["downloaded"] == pin.archive
         assert pin.archive not in named
+
+
+@pytest.mark.parametrize("data", ["text\n", b"bytes"], ids=["text", "bytes"])
+def test_every_document_write_fails_in_one_line_naming_what_it_wrote(data, tmp_path):
+    """The receipt, the SBOM, the provenance, check's and verify's reports all go through errors.write_file:
+    a report directory that cannot be made (here a file stands where it should be) is one line, no traceback."""
+    from dsv4_images.errors import UserError, write_file
+    (tmp_path / "reports").write_text("")
+    with pytest.raises(UserError) as exc:
+        write_file(tmp_path / "reports" / "check-cpu.json", data, "cannot write the check report to X")
+    assert str(exc.value).startswith("cannot write the check report to X: ") and "\n" not in str(exc.value)
+    made = write_file(tmp_path / "new" / "deeper" / "doc.json", data, "unused")
+    assert made.read_bytes() == (data if isinstance(data, bytes) else data.encode())
